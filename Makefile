@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make demo` and `make test`.
+# Both create .venv, install what is needed (CPU torch where there is no GPU) and run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# Pin torch where no GPU exists: the CPU build, not several GB of CUDA packages.
+TORCH_CPU ?= torch==2.13.0
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export RAY_TRAIN_V2_ENABLED := 1
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+ifneq ($(HAS_GPU),1)
+	$(BIN)/python -m pip install -q "$(TORCH_CPU)"
+endif
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/raysearch run --space search_spaces/demo.yaml --storage raysearch_results --mlflow-uri sqlite:///mlflow.db
+	$(BIN)/raysearch leaderboard demo --mlflow-uri sqlite:///mlflow.db
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout 900
+
+clean:
+	rm -rf raysearch_results mlflow.db mlruns
