@@ -1,0 +1,64 @@
+"""The adapter hook protocol every variant implements, and the shared scaling rule.
+
+The training loop (`trainables/loop.py`) knows nothing about any variant: it calls
+these hooks at fixed points (see DESIGN.md, "The adapter protocol").
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Protocol
+
+import torch
+from torch import nn
+
+SCALING_NAMES = {"lora": 1.0, "rora": 0.5, "rslora": 0.5}
+
+
+def scaling_exponent(scaling: str | float) -> float:
+    """`s = alpha / r**p`: 'lora' -> p=1, 'rora'/'rslora' -> p=0.5, or a number in [0, 1]."""
+    if isinstance(scaling, str):
+        if scaling in SCALING_NAMES:
+            return SCALING_NAMES[scaling]
+        try:
+            scaling = float(scaling)
+        except ValueError:
+            raise ValueError(f"scaling must be one of {sorted(SCALING_NAMES)} or a number in [0, 1], got {scaling!r}") from None
+    p = float(scaling)
+    if not 0.0 <= p <= 1.0 or math.isnan(p):
+        raise ValueError(f"scaling exponent must be in [0, 1], got {p}")
+    return p
+
+
+def scale(alpha: float, rank: int, scaling: str | float) -> float:
+    return alpha / rank ** scaling_exponent(scaling)
+
+
+class Adapter(Protocol):
+    """One LoRA-family variant. Built from the trial's adapter config (a plain dict)."""
+
+    name: ClassVar[str]
+    hyperparams: ClassVar[frozenset[str]]  # search dimensions this variant accepts
+
+    def __init__(self, config: dict[str, Any], task_type: str) -> None: ...
+
+    def prepare(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Before attaching, on a few training batches (GoRA gradients)."""
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Wrap the frozen base model; returns the model to train."""
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (LoRA+ ratios, gate optimizers...)."""
+
+    def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        """Added to the task loss at every step (SaLoRA penalties)."""
+
+    def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
+        """After `optimizer.step()`, before `zero_grad()` (SoRA prox, AdaLoRA allocation)."""
+
+    def adapter_params(self, model: nn.Module) -> int:
+        """Parameters the export would hold, live ranks only."""
+
+    def export(self, model: nn.Module, path: Path) -> None:
+        """Write a plain PEFT LoRA adapter that loads with `peft` alone."""
