@@ -62,3 +62,17 @@ class Adapter(Protocol):
 
     def export(self, model: nn.Module, path: Path) -> None:
         """Write a plain PEFT LoRA adapter that loads with `peft` alone."""
+
+
+def peft_scaling_kwargs(alpha: float, rank: int, scaling: str | float) -> dict[str, Any]:
+    """Map `s = alpha / r**p` onto PEFT's LoraConfig fields.
+
+    p = 1 is PEFT's default rule, p = 0.5 is `use_rslora`; any other p rescales
+    alpha so that PEFT's `lora_alpha / r` equals `alpha / r**p`.
+    """
+    p = scaling_exponent(scaling)
+    if p == 1.0:
+        return {"lora_alpha": alpha, "use_rslora": False}
+    if p == 0.5:
+        return {"lora_alpha": alpha, "use_rslora": True}
+    return {"lora_alpha": alpha * rank ** (1.0 - p), "use_rslora": False}

@@ -1,0 +1,85 @@
+"""Live terminal view of a running search (rich), fed by Tune's callback hooks."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from raysearch.pareto import pareto_mask
+
+
+class LiveProgress(tune.Callback):
+    """Trials done / running / stopped / diverged, best so far and Pareto size."""
+
+    def __init__(self, objectives: dict[str, str], num_trials: int, console: Console | None = None) -> None:
+        self.objectives = objectives
+        self.num_trials = num_trials
+        self.console = console or Console()
+        self.status: dict[str, str] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.live: Live | None = None
+
+    def setup(self, **info: Any) -> None:
+        self.live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+        self.live.start()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.status[trial.trial_id] = "running"
+        self.refresh()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.last[trial.trial_id] = result
+        self.refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = self.last.get(trial.trial_id, {})
+        if result.get("diverged"):
+            self.status[trial.trial_id] = "diverged"
+        elif result.get("final"):
+            self.status[trial.trial_id] = "completed"
+        else:
+            self.status[trial.trial_id] = "early_stopped"
+        self.refresh()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.status[trial.trial_id] = "error"
+        self.refresh()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.refresh()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+
+    def render(self) -> Table:
+        counts = {s: list(self.status.values()).count(s) for s in ("running", "completed", "early_stopped", "diverged", "error")}
+        finished = [
+            r for tid, r in self.last.items()
+            if self.status.get(tid) in ("completed", "early_stopped")
+            and all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in self.objectives)
+        ]
+        first, sense = next(iter(self.objectives.items()))
+        best = (max if sense == "max" else min)((r[first] for r in finished), default=None)
+        front = 0
+        if finished:
+            import numpy as np
+
+            values = np.array([[r[k] for k in self.objectives] for r in finished], dtype=float)
+            front = int(pareto_mask(values, list(self.objectives.values())).sum())
+        table = Table(title="raysearch", show_header=True)
+        for col in ("trials", "running", "completed", "stopped early", "diverged", "error", f"best {first}", "Pareto size"):
+            table.add_column(col, justify="right")
+        table.add_row(
+            f"{len(self.status)}/{self.num_trials}", str(counts["running"]), str(counts["completed"]),
+            str(counts["early_stopped"]), str(counts["diverged"]), str(counts["error"]),
+            "-" if best is None else f"{best:.4g}", str(front),
+        )
+        return table

@@ -1,0 +1,87 @@
+"""LoRA (Hu et al., 2021) through PEFT, with the scaling rule and LoRA+ ratio as knobs.
+
+    h = W0 x + s · B A x,   A ~ kaiming-uniform (r × d_in),   B = 0 (d_out × r)
+    s = α / r^p: p = 1 is LoRA's α/r, p = 0.5 is RoRA's / rsLoRA's α/√r.
+    LoRA+ (Hayou et al., 2024): B is trained with lr · ratio (ratio 1 = plain LoRA).
+
+Every other variant that PEFT's LoraConfig can express (DoRA, RoRA, LoRA+) is a
+small subclass of this one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from torch import nn
+
+from trainables.adapters.base import peft_scaling_kwargs
+from trainables.models import classifier_head_names, resolve_target_modules
+
+TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+class LoRA:
+    name: ClassVar[str] = "lora"
+    hyperparams: ClassVar[frozenset[str]] = frozenset(
+        {"rank", "alpha", "scaling", "dropout", "loraplus_ratio", "target_modules"}
+    )
+    use_dora: ClassVar[bool] = False
+    default_loraplus_ratio: ClassVar[float] = 1.0
+
+    def __init__(self, config: dict[str, Any], task_type: str = "classification") -> None:
+        self.config = config
+        self.task_type = task_type
+
+    # -- what makes this variant --------------------------------------------------
+    def scaling(self) -> str | float:
+        return self.config.get("scaling", "lora")
+
+    def loraplus_ratio(self) -> float:
+        ratio = self.config.get("loraplus_ratio")  # None: the variant's default
+        return float(ratio) if ratio is not None else self.default_loraplus_ratio
+
+    def lora_config(self, model: nn.Module) -> LoraConfig:
+        rank = int(self.config["rank"])
+        heads = classifier_head_names(model) if self.task_type == "classification" else []
+        return LoraConfig(
+            task_type=TASK_TYPES[self.task_type],
+            r=rank,
+            lora_dropout=float(self.config.get("dropout", 0.0)),
+            target_modules=resolve_target_modules(model, self.config.get("target_modules")),
+            modules_to_save=heads or None,
+            use_dora=self.use_dora,
+            **peft_scaling_kwargs(float(self.config["alpha"]), rank, self.scaling()),
+        )
+
+    # -- hooks ----------------------------------------------------------------------
+    def prepare(self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        return None
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        return get_peft_model(model, self.lora_config(model))
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        # Built by hand rather than with peft's create_loraplus_optimizer, which
+        # would also give every 1-D tensor (DoRA magnitudes, biases) the B rate.
+        b_params, other = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (b_params if "lora_B" in name else other).append(param)
+        groups = [{"params": other, "lr": lr, "weight_decay": weight_decay}]
+        if b_params:
+            groups.append({"params": b_params, "lr": lr * self.loraplus_ratio(), "weight_decay": weight_decay})
+        return groups
+
+    def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
+        return None
+
+    def adapter_params(self, model: nn.Module) -> int:
+        return sum(t.numel() for t in get_peft_model_state_dict(model).values())
+
+    def export(self, model: nn.Module, path: Path) -> None:
+        model.save_pretrained(str(path))
