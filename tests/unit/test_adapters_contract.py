@@ -1,0 +1,175 @@
+"""The contract every registered adapter variant must meet (one suite, all variants)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from trainables.adapters import ADAPTERS
+from trainables.adapters.base import peft_scaling_kwargs, scale
+
+ADAPTER_CONFIG = {"rank": 4, "alpha": 8, "scaling": "lora", "dropout": 0.0, "loraplus_ratio": None,
+                  "target_modules": None}
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    """A tiny BERT classifier built from a config and saved, so every load is identical."""
+    config = AutoConfig.for_model("bert", vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(path)
+    return path
+
+
+def load_base(path: Path):
+    return AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(1, 64, (6, 10), generator=g),
+            "attention_mask": torch.ones(6, 10, dtype=torch.long),
+            "labels": torch.randint(0, 3, (6,), generator=g)}
+
+
+def attached(name: str, base_dir: Path, **overrides):
+    torch.manual_seed(1)
+    adapter = ADAPTERS[name]({**ADAPTER_CONFIG, **overrides}, "classification")
+    return adapter, adapter.attach(load_base(base_dir))
+
+
+def train_steps(adapter, model, steps: int = 3) -> None:
+    optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
+    model.train()
+    for step in range(1, steps + 1):
+        loss = model(**batch(step)).loss
+        extra = adapter.extra_loss(model, step)
+        (loss if extra is None else loss + extra).backward()
+        optimizer.step()
+        adapter.after_step(model, step, batch(step))
+        optimizer.zero_grad()
+    model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_builds_and_forwards(name, base_dir):
+    adapter, model = attached(name, base_dir)
+    out = model(**batch())
+    assert out.logits.shape == (6, 3)
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_base_weights_frozen(name, base_dir):
+    adapter, model = attached(name, base_dir)
+    base = load_base(base_dir)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable, "the adapter trains nothing"
+    assert all(("lora_" in n) or ("modules_to_save" in n) for n in trainable), trainable
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    train_steps(adapter, model)
+    for n, p in model.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), f"{n} changed but is frozen"
+    # attaching never edits the base weights themselves
+    base_state = base.state_dict()
+    for n, p in model.base_model.model.state_dict().items():
+        key = n.replace(".base_layer", "")
+        if key in base_state and "modules_to_save" not in n and "original_module" not in n:
+            assert torch.equal(p, base_state[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_adapter_params_match_export(name, base_dir, tmp_path):
+    adapter, model = attached(name, base_dir)
+    adapter.export(model, tmp_path / "adapter")
+    exported = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert adapter.adapter_params(model) == sum(t.numel() for t in exported.values())
+    assert adapter.adapter_params(model) > 0
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_export_round_trip_with_plain_peft(name, base_dir, tmp_path):
+    adapter, model = attached(name, base_dir, scaling=0.75) if "scaling" in ADAPTERS[name].hyperparams \
+        else attached(name, base_dir)
+    train_steps(adapter, model)
+    with torch.no_grad():
+        expected = model(**batch(9)).logits
+    adapter.export(model, tmp_path / "adapter")
+    # What a user does with the export: plain transformers + peft, no raysearch.
+    reloaded = PeftModel.from_pretrained(load_base(base_dir), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        actual = reloaded(**batch(9)).logits
+    assert not torch.allclose(expected, load_base(base_dir)(**batch(9)).logits, atol=1e-4), "training changed nothing"
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scaling,p", [("lora", 1.0), ("rora", 0.5), ("rslora", 0.5), (0.75, 0.75), (0.0, 0.0)])
+@pytest.mark.parametrize("rank", [4, 16, 64])
+def test_peft_scaling_equals_alpha_over_r_to_the_p(scaling, p, rank, base_dir):
+    adapter, model = attached("lora", base_dir, rank=rank, alpha=16, scaling=scaling)
+    layer = next(m for m in model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict))
+    assert layer.scaling["default"] == pytest.approx(16 / rank ** p)
+    assert scale(16, rank, scaling) == pytest.approx(16 / rank ** p)
+
+
+def test_rora_variant_uses_sqrt_rank(base_dir):
+    adapter, model = attached("rora", base_dir, rank=16, alpha=16)
+    layer = next(m for m in model.modules() if hasattr(m, "scaling") and isinstance(m.scaling, dict))
+    assert layer.scaling["default"] == pytest.approx(16 / math.sqrt(16))
+
+
+@pytest.mark.parametrize("name,ratio,expected", [("lora", None, 1.0), ("lora", 4.0, 4.0), ("loraplus", None, 16.0)])
+def test_loraplus_groups(name, ratio, expected, base_dir):
+    adapter, model = attached(name, base_dir, loraplus_ratio=ratio)
+    groups = adapter.param_groups(model, 1e-3, 0.01)
+    b_ids = {id(p) for n, p in model.named_parameters() if "lora_B" in n}
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & b_ids:
+            assert ids <= b_ids, "only B matrices get the LoRA+ rate"
+            assert group["lr"] == pytest.approx(1e-3 * expected)
+        else:
+            assert group["lr"] == pytest.approx(1e-3)
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def adapter_output_variance(rank: int, scaling: str, seed: int, d: int = 256) -> float:
+    """Variance of s·B·A·x on fresh inputs after one Adam step from B = 0."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(d, d, bias=False))
+    model = get_peft_model(net, LoraConfig(r=rank, target_modules=["0"], **peft_scaling_kwargs(8.0, rank, scaling)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, target = torch.randn(32, d), torch.randn(32, d)
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    ((model(x) - target) ** 2).mean().backward()
+    optimizer.step()
+    fresh = torch.randn(256, d)
+    with torch.no_grad():
+        delta = model(fresh) - net[0].base_layer(fresh) if hasattr(net[0], "base_layer") else None
+    return float(delta.var())
+
+
+def test_rora_variance_flat_in_rank_lora_falls_like_one_over_r():
+    """VARIANTS.md's RoRA check: Var(s·BAx) after one step is flat in r for α/√r, ~1/r for α/r.
+
+    One Adam step: its first update is lr·sign(grad), the regime of the RoRA/rsLoRA
+    argument (update size independent of the gradient's scale), so Var ∝ s²·r.
+    """
+    ranks = np.array([4, 8, 16, 32, 64, 128, 256])
+    slopes = {}
+    for scaling in ("rora", "lora"):
+        var = [np.mean([adapter_output_variance(int(r), scaling, seed) for seed in range(3)]) for r in ranks]
+        slopes[scaling] = np.polyfit(np.log(ranks), np.log(var), 1)[0]
+    assert abs(slopes["rora"]) < 0.15, slopes
+    assert abs(slopes["lora"] + 1.0) < 0.2, slopes
