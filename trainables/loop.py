@@ -45,8 +45,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     data = tokenize_splits(splits, tokenizer, task_cfg.get("text_fields"), task_cfg["max_length"])
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in data["train"].column_names]
-    train_set = {c: data["train"][c] for c in columns}
-    val_set = {c: data["validation"][c] for c in columns}
+    train_set = data["train"].with_format("torch", columns=columns)[:]
+    val_set = data["validation"].with_format("torch", columns=columns)[:]
 
     global_batch = train_cfg["batch_size"]
     steps_per_epoch = max(1, len(train_set["labels"]) // global_batch)

@@ -1,0 +1,84 @@
+"""A real search end to end on local Ray: YAML -> Tune/Optuna/ASHA -> Train -> MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from raysearch.cli import app
+
+pytestmark = pytest.mark.integration
+
+
+def write_space(tmp_path: Path, model_dir: Path, **search) -> Path:
+    experiment = {
+        "name": "itest",
+        "model": str(model_dir),
+        "task": {"dataset": "builtin:demo", "max_length": 24, "max_train_examples": 96, "max_eval_examples": 48},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 5e-3, "eval_every_steps": 2},
+        "search": {
+            "sampler": "random",
+            "num_trials": 4,
+            "max_concurrent": 2,
+            "early_stopping": {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2},
+            "space": {
+                "variant": {"choice": ["lora", "dora"]},
+                "rank": {"choice": [2, 8]},
+                "scaling": {"choice": ["lora", "rora"]},
+                "lr": {"loguniform": [1e-3, 1e-2]},
+            },
+            **search,
+        },
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+    }
+    path = tmp_path / "itest.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+def test_search_end_to_end_records_every_trial_in_mlflow(tmp_path, tiny_model_dir):
+    space = write_space(tmp_path, tiny_model_dir)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(app, ["run", "--space", str(space), "--storage", str(tmp_path / "results"),
+                                      "--mlflow-uri", uri])
+    assert result.exit_code == 0, result.output
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("itest")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("raysearch.role") == "search"]
+    children = [r for r in runs if "raysearch.trial_id" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert len({r.data.tags["raysearch.trial_id"] for r in children}) == 4
+    assert all(r.info.status != "RUNNING" for r in runs)
+    for run in children:
+        assert {"variant", "rank", "scaling", "lr"} <= set(run.data.params)
+        assert run.data.tags["raysearch.status"] in {"completed", "early_stopped"}
+        assert {"val_loss", "val_accuracy", "adapter_params", "train_loss"} <= set(run.data.metrics)
+        assert run.data.tags["raysearch.pareto"] in {"true", "false"}
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.step for m in history] == sorted(m.step for m in history) and history[0].step == 2
+    assert any(r.data.tags["raysearch.pareto"] == "true" for r in children)
+    completed = [r for r in children if r.data.tags["raysearch.status"] == "completed"]
+    assert completed, "no trial ran to the end"
+    for run in completed:
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "adapter")]
+        assert "adapter/adapter_config.json" in artifacts
+    parent_artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"pareto.csv", "pareto.png", "pareto.html"} <= parent_artifacts
+
+    # The Optuna study was told about every trial, with two objective values each.
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "results" / "itest" / "optuna.journal")))
+    study = optuna.load_study(study_name="itest", storage=journal)
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 4 and all(len(t.values) == 2 for t in finished)
+
+    board = CliRunner().invoke(app, ["leaderboard", "itest", "--mlflow-uri", uri, "--pareto"])
+    assert board.exit_code == 0, board.output
+    assert "Pareto front" in board.output
