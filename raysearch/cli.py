@@ -51,7 +51,7 @@ def run(
 ) -> None:
     """Run a search: Ray Tune + Optuna over the space, one Ray Train run per trial."""
     spec = load_or_exit(space, set_, name=name, num_trials=num_trials, mlflow_uri=mlflow_uri, storage=storage)
-    storage_dir = spec.storage_dir
+    storage_dir = Path(spec.storage_dir)
     preflight(spec, storage_dir, overwrite)
 
     from raysearch.search import run_search  # heavy imports only once input is valid
@@ -96,9 +96,12 @@ def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | No
     from raysearch.tracking import leaderboard as rows_for
 
     try:
-        rows = rows_for(mlflow_uri, name, pareto_only=pareto, top=top)
+        nested = rows_for(mlflow_uri, name, pareto_only=pareto, top=top)
     except ValueError as err:
         fail(str(err))
+    # Sampled params first, then the latest metrics (a metric `lr` is the scheduled value).
+    rows = [{**row["params"], **row["metrics"], **{k: v for k, v in row.items() if k not in ("params", "metrics")}}
+            for row in nested]
     table = Table(title=f"{name}: {'Pareto front' if pareto else 'leaderboard'} ({len(rows)} trials)")
     columns = [c for c in ("trial_id", "variant", "rank", "alpha", "scaling", "lr", "val_accuracy", "val_f1",
                            "val_matthews", "val_loss", "adapter_params", "status", "pareto")

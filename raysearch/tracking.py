@@ -1,0 +1,509 @@
+"""MLflow bookkeeping for a search, written only from the driver.
+
+One MLflow experiment per search name, one parent run per search
+(tag raysearch.role=search), one child run per Tune trial. Child runs are found
+again by the tag raysearch.trial_id under their parent, never created twice, so
+`raysearch resume` continues the same runs; Ray's MLflowLoggerCallback instead
+duplicates runs after a restore and leaves the old ones RUNNING.
+
+Everything goes through MlflowClient with explicit run ids (no fluent
+active-run state), and `close()` terminates whatever is still RUNNING, so no
+run outlives its search. This is the only module that imports mlflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from raysearch.pareto import pareto_table
+
+log = logging.getLogger(__name__)
+
+TAG_ROLE = "raysearch.role"
+TAG_TRIAL_ID = "raysearch.trial_id"
+TAG_STATUS = "raysearch.status"
+TAG_PARETO = "raysearch.pareto"
+TAG_ERROR = "raysearch.error"
+TAG_OBJECTIVES = "raysearch.objectives"
+TAG_PARENT = "mlflow.parentRunId"
+
+FINISHED_STATUSES = ("completed", "early_stopped")  # trials that count for the Pareto front
+DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
+_PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch")
+_MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
+_MAX_TAG_CHARS = 5000
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
+_SECRET_KEY = re.compile(r"password|passwd|token|secret|api_key|credential", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def redact(value: str) -> str:
+    """Drop user:password from any URI in `value` (e.g. a MLflow or database URI)."""
+    return _CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", value)
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _params(config: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened, stringified, secret-free params ready for MLflow."""
+    params = {}
+    for key, value in _flatten(config).items():
+        text = "***" if _SECRET_KEY.search(key) else redact(str(value))
+        params[key] = text[:_MAX_PARAM_CHARS]
+    return params
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:  # numpy / torch scalars
+            value = float(value)
+        except (TypeError, ValueError):
+            return False
+    return math.isfinite(float(value))
+
+
+def _metrics_from_result(result: Mapping[str, Any], extra_keys: Iterable[str] = ()) -> dict[str, float]:
+    """The finite metrics of one reported result worth keeping in MLflow."""
+    wanted = {k for k in result if k.startswith("val_")} | set(_PLAIN_METRICS) | set(extra_keys)
+    return {k: float(result[k]) for k in sorted(wanted) if k in result and _finite(result[k])}
+
+
+def _result_step(result: Mapping[str, Any]) -> int:
+    step = result.get("step")
+    if step is None or not _finite(step):
+        step = result.get("training_iteration", 0) or 0
+    return int(step)
+
+
+def _status_from_result(result: Mapping[str, Any] | None) -> str:
+    result = result or {}
+    if result.get("diverged"):
+        return "diverged"
+    if result.get("final"):
+        return "completed"
+    return "early_stopped"  # ended by the scheduler (ASHA) before its last evaluation
+
+
+def _last_error_line(trial: Any) -> str:
+    """The last non-empty line of a trial's error, or "" when none can be read."""
+    texts: list[str] = []
+    try:
+        path = getattr(trial, "error_file", None)
+        if path and os.path.isfile(path):
+            texts.append(Path(path).read_text(errors="replace"))
+    except Exception:  # noqa: BLE001 - an unreadable error file must not break the search
+        pass
+    try:
+        error = trial.get_error() if hasattr(trial, "get_error") else None
+        if error:
+            texts.append(str(error))
+    except Exception:  # noqa: BLE001
+        pass
+    for text in texts:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:_MAX_TAG_CHARS]
+    return ""
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, order_by=order_by, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return _search_all(client, experiment_id, f"tags.\"{TAG_PARENT}\" = '{parent_run_id}'")
+
+
+def _objectives_of(parent_run: Any) -> dict[str, str]:
+    raw = parent_run.data.tags.get(TAG_OBJECTIVES)
+    return json.loads(raw) if raw else dict(DEFAULT_OBJECTIVES)
+
+
+def _rows(runs: list, objectives: Mapping[str, str]) -> list[dict]:
+    """One row per child run, with a Pareto flag computed over the finished trials.
+
+    Row keys: trial_id, run_id, run_name, status, pareto, the objectives at top
+    level, and the full "params" and latest "metrics" dicts.
+    """
+    rows = []
+    for run in runs:
+        metrics = dict(run.data.metrics)
+        row = {
+            "trial_id": run.data.tags.get(TAG_TRIAL_ID, run.info.run_name),
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.data.tags.get(TAG_STATUS, "unknown"),
+            "pareto": False,
+            **{name: metrics.get(name) for name in objectives},
+            "params": dict(run.data.params),
+            "metrics": metrics,
+        }
+        rows.append(row)
+    finished = [r for r in rows if r["status"] in FINISHED_STATUSES]
+    front = {r["run_id"] for r in pareto_table(finished, dict(objectives)) if r["pareto"]}
+    for row in rows:
+        row["pareto"] = row["run_id"] in front
+    return rows
+
+
+def _sort_rows(rows: list[dict], objectives: Mapping[str, str]) -> list[dict]:
+    """Best first by the first objective, ties by fewer adapter parameters.
+
+    Finished trials (completed, early_stopped) come before running, diverged or
+    failed ones, so an errored trial's partial numbers never head the table;
+    rows missing the objective come last within their group.
+    """
+    first, sense = next(iter(objectives.items()))
+    sign = -1.0 if sense == "max" else 1.0
+
+    def key(row: dict) -> tuple:
+        value = row.get(first)
+        params = row["metrics"].get("adapter_params")
+        return (
+            row["status"] not in FINISHED_STATUSES,
+            value is None or not _finite(value),
+            sign * value if value is not None and _finite(value) else 0.0,
+            params if params is not None else math.inf,
+        )
+
+    return sorted(rows, key=key)
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+class MlflowTracking(Callback):
+    """Tune callback that mirrors a search into MLflow (parent run + one child per trial)."""
+
+    def __init__(
+        self,
+        mlflow_uri: str,
+        experiment_name: str,
+        objectives: dict[str, str],
+        search_config: dict,
+        parent_run_id: str | None = None,
+    ) -> None:
+        self.mlflow_uri = mlflow_uri
+        self.experiment_name = experiment_name
+        self.objectives = dict(objectives)
+        self.search_config = dict(search_config)
+        self.parent_run_id = parent_run_id
+        self.experiment_id: str | None = None
+        self._run_ids: dict[str, str] = {}  # trial_id -> child run id
+        self._last_results: dict[str, dict] = {}
+        self._client_obj: MlflowClient | None = None
+
+    # Tune pickles the run config (with its callbacks) for `Tuner.restore`: leave the client out.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_client_obj"] = None
+        return state
+
+    @property
+    def _client(self) -> MlflowClient:
+        if self._client_obj is None:
+            self._client_obj = MlflowClient(tracking_uri=self.mlflow_uri)
+        return self._client_obj
+
+    # ---- parent run
+
+    def ensure_parent(self) -> str:
+        """Create (or reopen) the parent run and return its id; safe to call any number of times."""
+        client = self._client
+        if self.experiment_id is None:
+            experiment = client.get_experiment_by_name(self.experiment_name)
+            self.experiment_id = (
+                experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
+            )
+        if self.parent_run_id is None:
+            run = client.create_run(self.experiment_id, run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.parent_run_id = run.info.run_id
+            params = _params(self.search_config)
+            params["objectives"] = json.dumps(self.objectives)
+            client.log_batch(
+                self.parent_run_id,
+                params=[Param(k, v) for k, v in params.items()],
+                tags=[RunTag(TAG_ROLE, "search"), RunTag(TAG_OBJECTIVES, json.dumps(self.objectives))],
+            )
+        elif client.get_run(self.parent_run_id).info.status != "RUNNING":
+            client.update_run(self.parent_run_id, status="RUNNING")  # resumed search
+        return self.parent_run_id
+
+    def setup(self, **info: Any) -> None:
+        self.ensure_parent()
+
+    # ---- child runs
+
+    def _find_child(self, trial_id: str) -> Any | None:
+        found = self._client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.\"{TAG_TRIAL_ID}\" = '{trial_id}' and tags.\"{TAG_PARENT}\" = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        return found[0] if found else None
+
+    def _child_run_id(self, trial: Any) -> str:
+        """The child run of `trial`, created on first sight and reopened when a resumed trial restarts."""
+        self.ensure_parent()
+        trial_id = str(trial.trial_id)
+        if trial_id in self._run_ids:
+            return self._run_ids[trial_id]
+        client = self._client
+        run = self._find_child(trial_id)
+        if run is None:
+            run = client.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running"},
+            )
+        logged = run.data.params
+        params = {k: v for k, v in _params(getattr(trial, "config", None) or {}).items() if k not in logged}
+        if params:
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        self._run_ids[trial_id] = run.info.run_id
+        return run.info.run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child_run_id(trial)
+        if self._client.get_run(run_id).info.status != "RUNNING":
+            self._client.update_run(run_id, status="RUNNING")  # a resumed trial continues its run
+        self._client.set_tag(run_id, TAG_STATUS, "running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._child_run_id(trial)
+        self._last_results[str(trial.trial_id)] = dict(result)
+        metrics = _metrics_from_result(result, extra_keys=self.objectives)
+        if not metrics:
+            return
+        step, now = _result_step(result), int(time.time() * 1000)
+        self._client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def _last_result(self, trial: Any) -> dict:
+        return getattr(trial, "last_result", None) or self._last_results.get(str(trial.trial_id), {})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child_run_id(trial)
+        status = _status_from_result(self._last_result(trial))
+        self._client.set_tag(run_id, TAG_STATUS, status)
+        self._log_adapter(run_id, getattr(trial, "checkpoint", None))
+        self._client.set_terminated(run_id, "FAILED" if status == "diverged" else "FINISHED")
+        self._update_pareto_tags()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child_run_id(trial)
+        self._client.set_tag(run_id, TAG_STATUS, "error")
+        message = _last_error_line(trial)
+        if message:
+            self._client.set_tag(run_id, TAG_ERROR, message)
+        self._client.set_terminated(run_id, "FAILED")
+        self._update_pareto_tags()
+
+    def _log_adapter(self, run_id: str, checkpoint: Any) -> None:
+        if checkpoint is None:
+            return
+        try:
+            with checkpoint.as_directory() as directory:
+                adapter = Path(directory, "adapter")
+                if adapter.is_dir():
+                    self._client.log_artifacts(run_id, str(adapter), artifact_path="adapter")
+        except Exception as error:  # noqa: BLE001 - losing an artifact must not end the search
+            log.warning("could not log the adapter of run %s: %s", run_id, error)
+
+    def _update_pareto_tags(self) -> None:
+        runs = _children(self._client, self.experiment_id, self.ensure_parent())
+        for row in _rows(runs, self.objectives):
+            self._client.set_tag(row["run_id"], TAG_PARETO, "true" if row["pareto"] else "false")
+
+    # ---- end of the search
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        parent = self.ensure_parent()
+        rows = _rows(_children(self._client, self.experiment_id, parent), self.objectives)
+        finished = [r for r in rows if r["status"] in FINISHED_STATUSES]
+        with tempfile.TemporaryDirectory() as out:
+            _write_csv(Path(out, "pareto.csv"), finished, self.objectives)
+            _write_png(Path(out, "pareto.png"), finished, self.objectives)
+            _write_html(Path(out, "pareto.html"), finished, self.objectives)
+            self._client.log_artifacts(parent, out)
+        first, sense = next(iter(self.objectives.items()))
+        values = [r[first] for r in finished if r[first] is not None and _finite(r[first])]
+        metrics = {"n_trials": float(len(rows)), "pareto_size": float(sum(r["pareto"] for r in rows))}
+        if values:
+            metrics[f"best_{first}"] = float(max(values) if sense == "max" else min(values))
+        now = int(time.time() * 1000)
+        self._client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        self.close("FINISHED")
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Terminate every run of this search still RUNNING. Idempotent; call it in a `finally`.
+
+        Children without a final status become KILLED with raysearch.status=error;
+        the parent gets `status` ("FINISHED", "FAILED" or "KILLED").
+        """
+        if self.parent_run_id is None:
+            return
+        client = self._client
+        if self.experiment_id is None:
+            self.experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+        for run in _children(client, self.experiment_id, self.parent_run_id):
+            if run.info.status != "RUNNING":
+                continue
+            if run.data.tags.get(TAG_STATUS, "running") == "running":
+                client.set_tag(run.info.run_id, TAG_STATUS, "error")
+            client.set_terminated(run.info.run_id, "KILLED")
+        if client.get_run(self.parent_run_id).info.status == "RUNNING":
+            client.set_terminated(self.parent_run_id, status)
+
+
+# --------------------------------------------------------------------------- parent artifacts
+
+
+def _param_columns(rows: list[dict], taken: set[str]) -> list[tuple[str, str]]:
+    names = sorted({name for row in rows for name in row["params"]})
+    return [(name, f"param.{name}" if name in taken else name) for name in names]
+
+
+def _write_csv(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
+    head = ["trial_id", "run_name", "status", "pareto", *objectives]
+    params = _param_columns(rows, set(head))
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(head + [column for _, column in params])
+        for row in _sort_rows(rows, objectives):
+            writer.writerow([row[k] for k in head] + [row["params"].get(name, "") for name, _ in params])
+
+
+def _plot_axes(objectives: Mapping[str, str]) -> tuple[str, str]:
+    """x: adapter_params (or the second objective); y: the accuracy-like objective."""
+    names = list(objectives)
+    y = next((n for n in names if n != "adapter_params"), names[0])
+    x = "adapter_params" if y != "adapter_params" else (names[1] if len(names) > 1 else y)
+    return x, y
+
+
+def _plottable(rows: list[dict], x: str, y: str) -> list[dict]:
+    """Rows with both plotted metrics finite, the values copied to "_x" and "_y"."""
+    points = []
+    for row in rows:
+        px, py = row["metrics"].get(x), row["metrics"].get(y)
+        if px is not None and py is not None and _finite(px) and _finite(py):
+            points.append({**row, "_x": px, "_y": py})
+    return points
+
+
+def _write_png(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = _plot_axes(objectives)
+    points = _plottable(rows, x, y)
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["_x"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    others = [p for p in points if not p["pareto"]]
+    ax.scatter([p["_x"] for p in others], [p["_y"] for p in others], c="tab:gray", alpha=0.6, label="trials")
+    ax.plot([p["_x"] for p in front], [p["_y"] for p in front], "o-", c="tab:red", label="Pareto front")
+    if points and all(p["_x"] > 0 for p in points):
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"{y} vs {x} ({len(points)} finished trials, {len(front)} on the front)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_html(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
+    import plotly.graph_objects as go
+
+    x, y = _plot_axes(objectives)
+    points = _plottable(rows, x, y)
+    fig = go.Figure()
+    for on_front, name, color in ((False, "trials", "gray"), (True, "Pareto front", "crimson")):
+        group = sorted((p for p in points if p["pareto"] == on_front), key=lambda p: p["_x"])
+        hover = [
+            "<br>".join([f"trial {p['trial_id']} ({p['status']})"] + [f"{k}={v}" for k, v in sorted(p["params"].items())])
+            for p in group
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=[p["_x"] for p in group],
+                y=[p["_y"] for p in group],
+                mode="lines+markers" if on_front else "markers",
+                name=name,
+                marker={"color": color, "size": 9},
+                text=hover,
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
+    log_x = bool(points) and all(p["_x"] > 0 for p in points)
+    fig.update_layout(xaxis_title=x, yaxis_title=y, xaxis_type="log" if log_x else "linear")
+    # The full plotly.js is embedded so the plot also opens on clusters without internet.
+    fig.write_html(str(path), include_plotlyjs=True)
+
+
+# --------------------------------------------------------------------------- for the CLI
+
+
+def leaderboard(
+    mlflow_uri: str, experiment_name: str, *, pareto_only: bool = False, top: int | None = None
+) -> list[dict]:
+    """Ranked rows for the child runs of the most recent search in `experiment_name`.
+
+    Sorted by the search's first objective (best first), ties by fewer
+    adapter_params. Each row: trial_id, run_id, run_name, status, pareto, the
+    objectives, "params" and "metrics" (latest values).
+    """
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ValueError(f"no MLflow experiment named {experiment_name!r} at {redact(mlflow_uri)}")
+    parents = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.\"{TAG_ROLE}\" = 'search'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not parents:
+        raise ValueError(f"experiment {experiment_name!r} has no raysearch search run yet")
+    objectives = _objectives_of(parents[0])
+    rows = _rows(_children(client, experiment.experiment_id, parents[0].info.run_id), objectives)
+    rows = _sort_rows(rows, objectives)
+    if pareto_only:
+        rows = [r for r in rows if r["pareto"]]
+    return rows[:top] if top is not None else rows
