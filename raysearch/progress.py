@@ -23,6 +23,14 @@ class LiveProgress(tune.Callback):
         self.last: dict[str, dict[str, Any]] = {}
         self.live: Live | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with the experiment state; a terminal is not picklable.
+        return {**self.__dict__, "console": None, "live": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.console = Console()
+
     def setup(self, **info: Any) -> None:
         self.live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
         self.live.start()

@@ -5,6 +5,7 @@ closed with a status and Ray is shut down.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ray
@@ -30,6 +31,8 @@ def flat_params(spec: Spec) -> dict[str, str]:
 
 def run_search(spec: Spec, storage_dir: Path, console: Console) -> None:
     storage_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live view replaces Tune's tables
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     concurrency = init_ray(spec)
     num_trials = num_trials_for(spec.search)
     console.print(

@@ -56,18 +56,26 @@ def _suggest(trial: optuna.Trial, name: str, dim: Dimension) -> Any:
     return trial.suggest_float(name, low, high, log=dim.is_log, step=dim.step)
 
 
-def define_by_run(space: dict[str, Dimension]) -> Callable[[optuna.Trial], dict[str, Any] | None]:
-    """An Optuna define-by-run function (as `OptunaSearch(space=...)` takes) for the space."""
-    order = dependency_order(space)
+class DefineByRun:
+    """An Optuna define-by-run function (as `OptunaSearch(space=...)` takes) for the space.
 
-    def suggest(trial: optuna.Trial) -> dict[str, Any] | None:
+    A class rather than a closure: Tune pickles the searcher with its state.
+    """
+
+    def __init__(self, space: dict[str, Dimension]) -> None:
+        self.space = space
+        self.order = dependency_order(space)
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
         sampled: dict[str, Any] = {}
-        for name in order:
-            if is_active(space[name], sampled):
-                sampled[name] = _suggest(trial, name, space[name])
+        for name in self.order:
+            if is_active(self.space[name], sampled):
+                sampled[name] = _suggest(trial, name, self.space[name])
         return None
 
-    return suggest
+
+def define_by_run(space: dict[str, Dimension]) -> Callable[[optuna.Trial], dict[str, Any] | None]:
+    return DefineByRun(space)
 
 
 def sample_config(space: dict[str, Dimension], trial: optuna.Trial) -> dict[str, Any]:

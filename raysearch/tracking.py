@@ -318,7 +318,7 @@ class MlflowTracking(Callback):
         run_id = self._child_run_id(trial)
         status = _status_from_result(self._last_result(trial))
         self._client.set_tag(run_id, TAG_STATUS, status)
-        self._log_adapter(run_id, getattr(trial, "checkpoint", None))
+        self._log_adapter(run_id, _trial_checkpoint(trial, self._last_result(trial)))
         self._client.set_terminated(run_id, "FAILED" if status == "diverged" else "FINISHED")
         self._update_pareto_tags()
 
@@ -332,6 +332,7 @@ class MlflowTracking(Callback):
         self._update_pareto_tags()
 
     def _log_adapter(self, run_id: str, checkpoint: Any) -> None:
+        """Log the exported adapter held in the trial's final checkpoint."""
         if checkpoint is None:
             return
         try:
@@ -507,3 +508,16 @@ def leaderboard(
     if pareto_only:
         rows = [r for r in rows if r["pareto"]]
     return rows[:top] if top is not None else rows
+
+
+def _trial_checkpoint(trial: Any, result: dict) -> Any:
+    """The trial's checkpoint: Tune's own, or the Ray Train checkpoint whose path the
+    Tune function forwarded (TuneReportCallback reports it as `checkpoint_path`)."""
+    if getattr(trial, "checkpoint", None) is not None:
+        return trial.checkpoint
+    path = result.get("checkpoint_path")
+    if not path:
+        return None
+    from ray.tune import Checkpoint
+
+    return Checkpoint(path)
