@@ -29,7 +29,7 @@ endif
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/raysearch run --space search_spaces/demo.yaml --storage raysearch_results --mlflow-uri sqlite:///mlflow.db
+	$(BIN)/raysearch run --space search_spaces/demo.yaml --storage raysearch_results --mlflow-uri sqlite:///mlflow.db --overwrite
 	$(BIN)/raysearch leaderboard demo --mlflow-uri sqlite:///mlflow.db
 
 test: $(STAMP)

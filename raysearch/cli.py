@@ -17,7 +17,7 @@ BAD_INPUT = 2
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(BAD_INPUT)
 
 
@@ -25,8 +25,8 @@ def load_or_exit(space: Path, overrides: list[str], **cli: object):
     try:
         return load_spec(space, overrides, **cli)
     except SpecError as err:
-        console.print(f"[bold red]{space}: invalid experiment file[/]", highlight=False)
-        console.print(str(err), highlight=False, markup=False)
+        console.print(f"[bold red]{space}: invalid experiment file[/]", highlight=False, soft_wrap=True)
+        console.print(str(err), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(BAD_INPUT) from None
 
 
@@ -36,7 +36,7 @@ def validate(space: Path = typer.Argument(..., help="Experiment YAML file"),
     """Check an experiment file without running anything."""
     spec = load_or_exit(space, set_)
     console.print(f"[green]ok[/] {space}: search '{spec.name}', {len(spec.search.space)} dimensions, "
-                  f"sampler {spec.search.sampler}", highlight=False)
+                  f"sampler {spec.search.sampler}", highlight=False, soft_wrap=True)
 
 
 @app.command()
