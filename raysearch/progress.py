@@ -51,10 +51,12 @@ class LiveProgress(tune.Callback):
             self.status[trial.trial_id] = "completed"
         else:
             self.status[trial.trial_id] = "early_stopped"
+        self.log_line(trial)
         self.refresh()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.status[trial.trial_id] = "error"
+        self.log_line(trial)
         self.refresh()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -62,6 +64,16 @@ class LiveProgress(tune.Callback):
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+    def log_line(self, trial: Any) -> None:
+        """Without a terminal (CI, logs) the live table is not redrawn: print one line per trial."""
+        if self.console.is_terminal:
+            return
+        result = self.last.get(trial.trial_id, {})
+        shown = ", ".join(f"{k}={result[k]:.4g}" for k in self.objectives if isinstance(result.get(k), (int, float)))
+        params = ", ".join(f"{k}={v}" for k, v in sorted(trial.config.items()))
+        self.console.print(f"trial {trial.trial_id} {self.status[trial.trial_id]}: {params} -> {shown}",
+                           highlight=False, soft_wrap=True)
 
     def refresh(self) -> None:
         if self.live is not None:
