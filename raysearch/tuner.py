@@ -69,7 +69,10 @@ def init_ray(spec: Spec) -> int:
             concurrency = effective_concurrency(spec, cpus)
             ray.init(
                 num_cpus=cpus + concurrency * TRIAL_FUNCTION_RESOURCES["cpu"],
-                include_dashboard=False,  # nothing listens beyond loopback by default
+                # Ray Train's placement-group cleaner needs the state API, which the
+                # dashboard serves; bound to loopback so nothing listens beyond it.
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
                 log_to_driver=False,
             )
             return concurrency
