@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +13,8 @@ from rich.table import Table
 from raysearch.spec import SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search LoRA-family adapter configurations.")
-console = Console()
+# Logs and CI are not terminals: give tables room instead of Rich's 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 BAD_INPUT = 2
 
 
@@ -99,9 +101,9 @@ def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | No
         nested = rows_for(mlflow_uri, name, pareto_only=pareto, top=top)
     except ValueError as err:
         fail(str(err))
-    # Sampled params first, then the latest metrics (a metric `lr` is the scheduled value).
-    rows = [{**row["params"], **row["metrics"], **{k: v for k, v in row.items() if k not in ("params", "metrics")}}
-            for row in nested]
+    # Sampled params win over metrics of the same name (the metric `lr` is the schedule's value).
+    rows = [{**row["metrics"], **{k: number(v) for k, v in row["params"].items()},
+             **{k: v for k, v in row.items() if k not in ("params", "metrics")}} for row in nested]
     table = Table(title=f"{name}: {'Pareto front' if pareto else 'leaderboard'} ({len(rows)} trials)")
     columns = [c for c in ("trial_id", "variant", "rank", "alpha", "scaling", "lr", "val_accuracy", "val_f1",
                            "val_matthews", "val_loss", "adapter_params", "status", "pareto")
@@ -109,13 +111,26 @@ def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | No
     for c in columns:
         table.add_column(c, justify="left" if c in ("trial_id", "variant", "scaling", "status") else "right")
     for r in rows:
-        table.add_row(*(fmt(r.get(c)) for c in columns))
+        table.add_row(*(r["trial_id"][:8] if c == "trial_id" else fmt(r.get(c)) for c in columns))
     console.print(table)
+
+
+def number(text: str) -> object:
+    """MLflow params are strings: show numbers as numbers."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
 def fmt(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"  # parameter counts come back from MLflow as floats
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
