@@ -10,7 +10,7 @@ import torch
 
 from trainables.data import demo_task, load_splits, num_labels, tokenize_splits
 
-SST2 = Path("/work/shared/data/sst2")
+SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"  # ../shared beside the checkout
 
 
 def _rows(n: int = 40) -> list[dict]:
