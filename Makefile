@@ -30,7 +30,7 @@ endif
 
 demo: $(STAMP)
 	$(BIN)/raysearch run --space search_spaces/demo.yaml --storage raysearch_results --mlflow-uri sqlite:///mlflow.db --overwrite
-	$(BIN)/raysearch leaderboard demo --mlflow-uri sqlite:///mlflow.db
+	$(BIN)/raysearch leaderboard demo --pareto --mlflow-uri sqlite:///mlflow.db
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900
