@@ -1,7 +1,6 @@
 """Live terminal view of a running search (rich), fed by Tune's callback hooks."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ray import tune
@@ -9,7 +8,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from raysearch.pareto import pareto_mask
+from raysearch.pareto import pareto_table
 
 
 class LiveProgress(tune.Callback):
@@ -81,19 +80,13 @@ class LiveProgress(tune.Callback):
 
     def render(self) -> Table:
         counts = {s: list(self.status.values()).count(s) for s in ("running", "completed", "early_stopped", "diverged", "error")}
-        finished = [
-            r for tid, r in self.last.items()
-            if self.status.get(tid) in ("completed", "early_stopped")
-            and all(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for k in self.objectives)
-        ]
+        finished = pareto_table(
+            [r for tid, r in self.last.items() if self.status.get(tid) in ("completed", "early_stopped")],
+            self.objectives,
+        )
         first, sense = next(iter(self.objectives.items()))
         best = (max if sense == "max" else min)((r[first] for r in finished), default=None)
-        front = 0
-        if finished:
-            import numpy as np
-
-            values = np.array([[r[k] for k in self.objectives] for r in finished], dtype=float)
-            front = int(pareto_mask(values, list(self.objectives.values())).sum())
+        front = sum(r["pareto"] for r in finished)
         table = Table(title="raysearch", show_header=True)
         for col in ("trials", "running", "completed", "stopped early", "diverged", "error", f"best {first}", "Pareto size"):
             table.add_column(col, justify="right")
