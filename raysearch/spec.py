@@ -155,6 +155,11 @@ class TrainSpec(_Model):
     """Seed for model init, data order and dropout."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping norm."""
+    max_failures: int = Field(0, ge=-1)
+    """Times a trial is restarted from its last checkpoint after an exception or a lost worker
+    (-1: without limit). Node preemptions are retried apart from this count."""
+    keep_checkpoints: int = Field(2, gt=0)
+    """Checkpoints (adapter, optimizer, schedule and step, written at each evaluation) kept per trial."""
 
 
 class AdapterSpec(_Model):
@@ -303,7 +308,7 @@ class EarlyStoppingSpec(_Model):
     metric: str = "val_loss"
     """Reported metric ASHA compares (`val_loss` or `val_<task.metric>`)."""
     grace_period: int = Field(1, ge=1)
-    """Reports a trial makes before it can be stopped."""
+    """Evaluations a trial makes before it can be stopped."""
     reduction_factor: float = Field(3, gt=1)
     """ASHA keeps 1/reduction_factor of the trials at each rung."""
 
@@ -353,6 +358,8 @@ class Spec(_Model):
     """Experiment name (default: the file name without `.yaml`); names the MLflow experiment and results folder."""
     model: str = "builtin:minilm"
     """HF model id, local path, or `builtin:minilm` (offline)."""
+    trust_remote_code: bool = False
+    """Let transformers run the Python code a model's repository ships (off: only built-in architectures)."""
     task: TaskSpec = Field(default_factory=TaskSpec)
     """The data and the metric."""
     train: TrainSpec = Field(default_factory=TrainSpec)

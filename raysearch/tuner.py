@@ -42,6 +42,7 @@ def base_config(spec: Spec, storage_dir: str) -> dict[str, Any]:
     """The plain-dict part of every trial's config that the search does not sample."""
     return {
         "model": spec.model,
+        "trust_remote_code": spec.trust_remote_code,
         "task": spec.task.model_dump(),
         "train": spec.train.model_dump(),
         "adapter": spec.adapter.model_dump(),
@@ -158,7 +159,9 @@ def build_scheduler(spec: Spec) -> ASHAScheduler | FIFOScheduler:
     return ASHAScheduler(
         metric=stopping.metric,
         mode="min" if stopping.metric.endswith("loss") else "max",
-        time_attr="training_iteration",
+        # The loop's own evaluation count: a restarted trial continues it, while Tune's
+        # training_iteration starts again at 1 when a resumed search restarts the function.
+        time_attr="evaluation",
         grace_period=stopping.grace_period,
         reduction_factor=stopping.reduction_factor,
         max_t=10_000,

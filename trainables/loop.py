@@ -24,11 +24,26 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from trainables.adapters import ADAPTERS
+from trainables.checkpoint import (
+    STATE_FILE,
+    Resumed,
+    read_training_state,
+    restore_model,
+    restore_training,
+    save_training_state,
+)
 from trainables.models import upcast_trainable
 from trainables.tasks import make_task
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    try:
+        train(config)
+    except torch.OutOfMemoryError as error:
+        raise TrialOutOfMemory(out_of_memory_hint(config, error)) from error
+
+
+def train(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     train_cfg, task_cfg = config["train"], config["task"]
@@ -56,6 +71,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         adapter.prepare(model, global_batches(train_set, global_batch, rank, world, train_cfg["seed"]), val_batch)
     model = adapter.attach(model)
     upcast_trainable(model)  # a bf16 base keeps fp32 adapter weights
+
+    # A restarted worker group (killed worker, retried error, resumed search) continues
+    # from the last evaluation's checkpoint instead of step 0.
+    saved = read_checkpoint(ray.train.get_checkpoint())
+    if saved is not None:
+        restore_model(model, saved)
     model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
     inner = model.module if hasattr(model, "module") else model
 
@@ -63,11 +84,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(train_cfg["warmup_ratio"] * total_steps), total_steps
     )
+    resumed = Resumed(step=0, evaluations=0)
+    if saved is not None:
+        resumed = restore_training(saved, model=inner, optimizer=optimizer, scheduler=scheduler, adapter=adapter)
 
     # --- train ----------------------------------------------------------------------
-    batches = global_batches(train_set, global_batch, rank, world, train_cfg["seed"])
-    loss_sum, loss_count = 0.0, 0
-    for step in range(1, total_steps + 1):
+    batches = global_batches(train_set, global_batch, rank, world, train_cfg["seed"], skip=resumed.step)
+    loss_sum, loss_count, evaluations = 0.0, 0, resumed.evaluations
+    for step in range(resumed.step + 1, total_steps + 1):
         model.train()
         batch = {k: v.to(device) for k, v in next(batches).items()}
         loss = task.loss(model, batch)
@@ -86,9 +110,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
 
         if step % train_cfg["eval_every_steps"] == 0 or step == total_steps:
+            evaluations += 1
             metrics = task.evaluate(inner, val_set, global_batch, rank, world)
             metrics.update(
                 step=step,
+                evaluation=evaluations,  # ASHA's clock: survives restarts, unlike Tune's iteration count
                 epoch=step / steps_per_epoch,
                 train_loss=mean_across_workers(loss_sum / loss_count, device),
                 lr=scheduler.get_last_lr()[0],
@@ -97,25 +123,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 final=step == total_steps,
                 diverged=False,
             )
+            if resumed.step:
+                metrics["resumed_from_step"] = resumed.step
             loss_sum, loss_count = 0.0, 0
             if step == total_steps:
                 report_with_export(metrics, adapter, inner, rank)
             else:
-                ray.train.report(metrics)
+                report_with_state(metrics, rank, model=inner, optimizer=optimizer, scheduler=scheduler,
+                                  adapter=adapter, step=step, evaluations=evaluations)
 
 
 def global_batches(
-    tensors: dict[str, torch.Tensor], global_batch: int, rank: int, world: int, seed: int
+    tensors: dict[str, torch.Tensor], global_batch: int, rank: int, world: int, seed: int, skip: int = 0
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled global batches (full batches only); this worker's slice of each."""
+    """Endless shuffled global batches (full batches only); this worker's slice of each.
+    `skip`: batches already trained on (a resumed trial continues the same order)."""
     n = len(tensors["labels"])
-    epoch = 0
+    per_epoch = max(1, n // global_batch)
+    epoch, first = divmod(skip, per_epoch)
     while True:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch))
-        for start in range(0, n - global_batch + 1, global_batch):
+        for start in range(first * global_batch, n - global_batch + 1, global_batch):
             idx = order[start : start + global_batch][rank::world]
             yield {k: v[idx] for k, v in tensors.items()}
-        epoch += 1
+        epoch, first = epoch + 1, 0
 
 
 def all_finite(loss: torch.Tensor, device: torch.device) -> bool:
@@ -137,6 +168,42 @@ def mean_across_workers(value: float, device: torch.device) -> float:
 def report_diverged(step: int, adapter_params: int) -> None:
     # No loss value is reported: a NaN must never reach Tune, ASHA or Optuna.
     ray.train.report({"step": step, "adapter_params": adapter_params, "diverged": True, "final": True})
+
+
+def read_checkpoint(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
+    """The training state of a reported checkpoint; None for a first start (or a final
+    checkpoint, which holds the exported adapter only)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        if not (Path(directory) / STATE_FILE).is_file():
+            return None
+        return read_training_state(Path(directory))
+
+
+def report_with_state(metrics: dict[str, Any], rank: int, **state: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:  # every worker holds the same state; one writes it
+            save_training_state(Path(tmp), **state)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class TrialOutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message says what to lower."""
+
+
+def out_of_memory_hint(config: dict[str, Any], error: BaseException) -> str:
+    first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    adapter, train_cfg, resources = config["adapter"], config["train"], config["resources"]
+    return (
+        f"out of GPU memory with train.batch_size={train_cfg['batch_size']}, adapter rank "
+        f"{adapter.get('rank')} on {resources['workers_per_trial']} worker(s): lower train.batch_size "
+        "(or spread it over more resources.workers_per_trial), search smaller ranks, set "
+        "task.gradient_checkpointing: true, or shorten task.max_length. "
+        f"torch said: {first_line[:300]}"
+    )
 
 
 def report_with_export(metrics: dict[str, Any], adapter: Any, model: nn.Module, rank: int) -> None:

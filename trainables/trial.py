@@ -9,6 +9,7 @@ from typing import Any
 
 import ray.train
 from ray import tune
+from ray.train import TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -43,9 +44,50 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
             num_workers=resources["workers_per_trial"], use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
+            # The same name and storage on a resumed search: Ray Train finds the trial's
+            # checkpoints again and its workers continue from the latest.
             name=f"train-{tune.get_context().get_trial_id()}",
             storage_path=base["train_storage"],
             callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=config["train"]["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config["train"]["keep_checkpoints"]),
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as error:
+        # Tune records the error's last line (MLflow tag raysearch.error): make it the cause.
+        raise TrialFailed(failure_summary(error, config["train"]["max_failures"])) from error
+
+
+LAST_LINE_CHARS = 200
+
+
+class TrialFailed(RuntimeError):
+    """A trial's Ray Train run failed for good (after its retries)."""
+
+
+def failure_summary(error: BaseException, max_failures: int) -> str:
+    """One line: what failed on which worker, after how many retries."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if failures:
+        rank = min(failures)
+        cause = f"worker {rank}: {last_line(failures[rank])}"
+    else:
+        cause = last_line(error)
+    retries = "no retries" if max_failures == 0 else (
+        "retries without limit" if max_failures < 0 else f"{max_failures} retr{'y' if max_failures == 1 else 'ies'}")
+    return f"{cause} (after {retries}; train.max_failures)"
+
+
+def last_line(error: BaseException) -> str:
+    """The exception's own last line, e.g. `ValueError: bad label` (Ray wraps worker
+    exceptions with their remote traceback first)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    if len(text) > LAST_LINE_CHARS:  # Ray's lost-worker messages run on for a paragraph
+        text = text[: LAST_LINE_CHARS - 1].rstrip() + "…"
+    name = type(error).__name__
+    if not text:
+        return name
+    return text if ":" in text.split(" ", 1)[0] or text.startswith(name) else f"{name}: {text}"

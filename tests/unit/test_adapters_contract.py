@@ -11,8 +11,17 @@ from safetensors.torch import load_file
 from tiny_bert import ADAPTER_CONFIG, batch, export_and_reload, load_base, logits, train_steps
 from tiny_bert import attached as attach_tiny
 
+from transformers import get_linear_schedule_with_warmup
+
 from trainables.adapters import ADAPTERS
 from trainables.adapters.base import peft_scaling_kwargs, scale
+from trainables.checkpoint import (
+    read_training_state,
+    restore_model,
+    restore_training,
+    save_training_state,
+    trainable_state,
+)
 
 TRAIN_STEPS = 3
 
@@ -141,3 +150,68 @@ def test_rora_variance_flat_in_rank_lora_falls_like_one_over_r():
         slopes[scaling] = np.polyfit(np.log(ranks), np.log(var), 1)[0]
     assert abs(slopes["rora"]) < 0.15, slopes
     assert abs(slopes["lora"] + 1.0) < 0.2, slopes
+
+
+RESUME_TOTAL = 16
+
+
+def train_range(adapter, model, optimizer, scheduler, steps: range) -> None:
+    """The loop's step order, with its schedule, over `steps` (batch s at step s)."""
+    model.train()
+    for step in steps:
+        loss = model(**batch(step)).loss
+        extra = adapter.extra_loss(model, step)
+        (loss if extra is None else loss + extra).backward()
+        optimizer.step()
+        adapter.after_step(model, step, batch(step))
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def fresh_trial(name: str, base_dir: Path):
+    """Model, adapter, optimizer and schedule as the loop builds them (dropout on: RNG matters)."""
+    adapter, model = attached(name, base_dir, total_steps=RESUME_TOTAL)
+    optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
+    scheduler = get_linear_schedule_with_warmup(optimizer, 2, RESUME_TOTAL)
+    return adapter, model, optimizer, scheduler
+
+
+@pytest.mark.parametrize("stop", [8, 14])  # mid-budget for the adaptive variants; after AdaLoRA fixes its pattern
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_resuming_from_a_checkpoint_continues_exactly(name, stop, tiny_bert_dir, tmp_path):
+    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir)
+    train_range(adapter, model, optimizer, scheduler, range(1, RESUME_TOTAL + 1))
+    uninterrupted = trainable_state(model)
+
+    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir)
+    train_range(adapter, model, optimizer, scheduler, range(1, stop + 1))
+    save_training_state(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
+                        step=stop, evaluations=3)
+    torch.manual_seed(1234)  # whatever the process did since: the checkpoint's RNG state is what counts
+
+    # A new worker: everything rebuilt from the files, then the state put back as the loop does it.
+    state = read_training_state(tmp_path)
+    adapter, model = attached(name, tiny_bert_dir, total_steps=RESUME_TOTAL)
+    restore_model(model, state)
+    optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
+    scheduler = get_linear_schedule_with_warmup(optimizer, 2, RESUME_TOTAL)
+    resumed = restore_training(state, model=model, optimizer=optimizer, scheduler=scheduler, adapter=adapter)
+    assert (resumed.step, resumed.evaluations) == (stop, 3)
+    train_range(adapter, model, optimizer, scheduler, range(stop + 1, RESUME_TOTAL + 1))
+
+    continued = trainable_state(model)
+    assert continued.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        torch.testing.assert_close(continued[key], value, atol=1e-6, rtol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+    changed = [k for k, v in trainable_state(attached(name, tiny_bert_dir, total_steps=RESUME_TOTAL)[1]).items()
+               if v.is_floating_point() and not torch.equal(v, uninterrupted[k])]
+    assert changed, "training changed nothing, so the comparison proves nothing"
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_bert_dir, tmp_path):
+    adapter, model, optimizer, scheduler = fresh_trial("lora", tiny_bert_dir)
+    save_training_state(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
+                        step=1, evaluations=1)
+    _, other = attached("lora", tiny_bert_dir, total_steps=RESUME_TOTAL, rank=8)
+    with pytest.raises(RuntimeError, match="does not match this trial's model"):
+        restore_model(other, read_training_state(tmp_path))

@@ -124,7 +124,7 @@ def test_full_design_example_is_valid() -> None:
 @pytest.mark.parametrize(
     ("data", "path", "words"),
     [
-        ({**MINIMAL, "bogus": 1}, "bogus", "allowed: name, model, task"),
+        ({**MINIMAL, "bogus": 1}, "bogus", "allowed: name, model, trust_remote_code, task"),
         ({**MINIMAL, "task": {"datset": "x"}}, "task.datset", "allowed: type, dataset"),
         (with_space({"rank": {"choice": [4], "whenn": {}}}), "search.space.rank.whenn", "allowed: choice, uniform, loguniform, int"),
         ({**MINIMAL, "train": {"lr": "fast"}}, "train.lr", "must be a number"),

@@ -131,6 +131,23 @@ class AdaLoRA(LoRA):
         if self.target_r < self.init_r:
             model.base_model.update_and_allocate(step)
 
+    def training_state(self, model: nn.Module) -> dict[str, Any]:
+        """PEFT's importance averages and, once fixed, the final rank pattern."""
+        allocator = model.base_model.rankallocator
+        return {
+            "ipt": dict(allocator.ipt),
+            "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+            "exp_avg_unc": dict(allocator.exp_avg_unc),
+            "rank_pattern": model.base_model.peft_config[ADAPTER_NAME].rank_pattern,
+        }
+
+    def load_training_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        allocator = model.base_model.rankallocator
+        device = next(model.parameters()).device
+        for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, name, {k: v.to(device) for k, v in state[name].items()})
+        model.base_model.peft_config[ADAPTER_NAME].rank_pattern = state["rank_pattern"]
+
     def factors(self, model: nn.Module) -> list[LowRank]:
         """Every module's live ranks (λ_i ≠ 0), Λ folded into B, at PEFT's exact scale."""
         found = []

@@ -148,6 +148,14 @@ class ALoRA(GatedLoRA):
         self.generator = torch.Generator().manual_seed(torch.initial_seed())
         return super().attach(model)
 
+    def training_state(self, model: nn.Module) -> dict[str, Any]:
+        # Masks and closing steps are gate buffers (in the model); the rows drawn for the
+        # slots opened by later rounds come from this generator.
+        return {"generator": self.generator.get_state()}
+
+    def load_training_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
     def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
         if step in self.round_steps():
             self.reallocate(model, step)

@@ -83,6 +83,13 @@ class Adapter(Protocol):
     def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
         """After `optimizer.step()`, before `zero_grad()` (SoRA prox, AdaLoRA allocation)."""
 
+    def training_state(self, model: nn.Module) -> dict[str, Any]:
+        """What the variant keeps outside the model's state dict (importance averages,
+        multipliers, RNG), saved in every checkpoint: tensors, numbers, strings, containers."""
+
+    def load_training_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Put back what `training_state` saved, after `attach` (resuming a trial)."""
+
     def adapter_params(self, model: nn.Module) -> int:
         """Parameters the export would hold, live ranks only."""
 

@@ -97,6 +97,12 @@ class LoRA:
     def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
         return None
 
+    def training_state(self, model: nn.Module) -> dict[str, Any]:
+        return {}  # everything LoRA trains is in the model's state dict
+
+    def load_training_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        return None
+
     def adapter_params(self, model: nn.Module) -> int:
         return sum(t.numel() for t in get_peft_model_state_dict(model).values())
 

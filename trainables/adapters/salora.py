@@ -168,6 +168,12 @@ class SaLoRA(GatedLoRA):
         self._saved = [p.detach().clone() for p in self.controlled(model)]
         return groups
 
+    def training_state(self, model: nn.Module) -> dict[str, Any]:
+        return {"multipliers": self.multipliers.detach().cpu()}  # λ lives on the adapter, not the model
+
+    def load_training_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        self.multipliers.data.copy_(state["multipliers"].to(self.multipliers.device))
+
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         loss = None
         if self.opts.orth_weight > 0:
