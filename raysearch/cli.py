@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from raysearch.redaction import redact
 from raysearch.spec import DEFAULT_STORAGE, SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search LoRA-family adapter configurations.")
@@ -202,12 +203,15 @@ def launch(
         plan = launch_plan(cluster, space, run_args, working_dir, dashboard_port)
     except ClusterSetupError as err:
         fail(str(err))
+    def echo(line: str) -> None:  # the commands run with the real URIs; what is printed has no password
+        console.print(redact(line), highlight=False, markup=False, soft_wrap=True)
+
     if dry_run:
         for line in plan.lines():
-            console.print(line, highlight=False, markup=False, soft_wrap=True)
+            echo(line)
         return
     try:
-        code = execute(plan, lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+        code = execute(plan, echo)
     except ClusterSetupError as err:
         fail(str(err))
     print_where(spec)
@@ -217,8 +221,6 @@ def launch(
 
 def print_where(spec) -> None:
     """Where a launched search's results and MLflow runs are."""
-    from raysearch.tracking import redact
-
     uri = redact(spec.tracking.mlflow_uri)
     ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
     for line in (f"results:  {spec.storage_dir}", f"MLflow UI: {ui}  (experiment '{spec.name}')",

@@ -136,7 +136,7 @@ def _writable_folder(path: Path) -> str | None:
 
 
 def mlflow_problems(uri: str) -> list[Problem]:
-    from raysearch.tracking import redact  # the URI may carry user:password
+    from raysearch.redaction import redact  # the URI may carry user:password
 
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):

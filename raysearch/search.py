@@ -19,14 +19,15 @@ from raysearch.export import experiment_text
 from raysearch.progress import LiveProgress
 from raysearch.space import num_trials_for
 from raysearch.spec import Spec
-from raysearch.tracking import MlflowTracking, redact
+from raysearch.redaction import redact
+from raysearch.tracking import MlflowTracking
 from raysearch.tuner import build_tuner, init_ray, restore_tuner
 
 
 
 def flat_params(spec: Spec) -> dict[str, str]:
     """The experiment's fixed settings, flattened for the parent MLflow run."""
-    flat: dict[str, str] = {"model": spec.model}
+    flat: dict[str, str] = {"model": spec.model, "trust_remote_code": str(spec.trust_remote_code)}
     for section in ("task", "train", "adapter", "resources"):
         for key, value in getattr(spec, section).model_dump().items():
             flat[f"{section}.{key}"] = str(value)

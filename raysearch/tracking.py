@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +30,7 @@ from ray.tune import Callback
 
 from raysearch.pareto import pareto_table
 from raysearch.ranks import parse as parse_ranks, write_heatmap
+from raysearch.redaction import loggable, redact
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,9 @@ DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 _PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch", "resumed_from_step")
 _MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
 _MAX_TAG_CHARS = 5000
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
-_SECRET_KEY = re.compile(r"password|passwd|token|secret|api_key|credential", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def redact(value: str) -> str:
-    """Drop user:password from any URI in `value` (e.g. a MLflow or database URI)."""
-    return _CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", value)
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,8 +80,7 @@ def _params(config: Mapping[str, Any]) -> dict[str, str]:
     """Flattened, stringified, secret-free params ready for MLflow."""
     params = {}
     for key, value in _flatten(config).items():
-        text = "***" if _SECRET_KEY.search(key) else redact(str(value))
-        params[key] = text[:_MAX_PARAM_CHARS]
+        params[key] = loggable(key, value)[:_MAX_PARAM_CHARS]
     return params
 
 

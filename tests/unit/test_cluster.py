@@ -300,3 +300,23 @@ def test_kuberay_rayjob_runs_a_shipped_experiment_on_shared_storage():
     assert all(group["minReplicas"] == 0 for group in cluster["workerGroupSpecs"])
     dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
     assert "WORKDIR /home/ray/raysearch" in dockerfile and "COPY --chown=ray:users search_spaces" in dockerfile
+
+
+def test_launch_never_prints_credentials_it_passes_on(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    secret_uri = "https://alice:hunter2@mlflow.example.com"
+    ran = []
+
+    def execute(plan, echo):
+        ran.append(plan)
+        for line in plan.lines():
+            echo(line)
+        return 0
+
+    monkeypatch.setattr("raysearch.cluster.execute", execute)
+    for extra in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, ["launch", "--cluster", "cluster.yaml", "--space", str(SPACE),
+                                          "--storage", S3, "--mlflow-uri", secret_uri, *extra])
+        assert result.exit_code == 0, result.output
+        assert "hunter2" not in result.output and "https://***@mlflow.example.com" in result.output
+    assert f"--mlflow-uri={secret_uri}" in ran[0].submit  # the job itself gets the real URI

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import Checkpoint
 
-from raysearch.tracking import MlflowTracking, leaderboard, redact
+from raysearch.tracking import MlflowTracking, leaderboard
 
 OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 EXPERIMENT = "unit-search"
@@ -255,10 +255,6 @@ def test_leaderboard_unknown_experiment(uri: str) -> None:
     with pytest.raises(ValueError, match="no MLflow experiment named 'nope'"):
         leaderboard(uri, "nope")
 
-
-def test_redact_strips_credentials() -> None:
-    assert redact("https://user:pw@host:5000/x") == "https://***@host:5000/x"
-    assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
 
 def test_callback_pickles_without_its_client(callback: MlflowTracking) -> None:

@@ -1,0 +1,84 @@
+"""Security defaults: remote model code off unless the file turns it on, YAML read safely,
+Ray's dashboard on loopback only, and no credentials in what is printed or logged."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from raysearch import tuner
+from raysearch.cli import app
+from raysearch.redaction import loggable, redact
+from raysearch.spec import spec_from_dict
+from raysearch.tracking import _params
+from raysearch.tuner import base_config
+from trainables import models
+
+MINIMAL = {"name": "sec", "search": {"space": {"rank": {"choice": [4]}}}}
+
+
+def test_trust_remote_code_is_off_unless_the_file_turns_it_on(tmp_path):
+    assert base_config(spec_from_dict(MINIMAL), str(tmp_path))["trust_remote_code"] is False
+    on = spec_from_dict({**MINIMAL, "trust_remote_code": True})
+    assert base_config(on, str(tmp_path))["trust_remote_code"] is True
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_model_loading_passes_the_setting_to_transformers(trust, monkeypatch, tmp_path):
+    import transformers
+
+    seen = []
+
+    class Recorder:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            seen.append(kwargs.get("trust_remote_code", "not passed"))
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(transformers, "AutoTokenizer", Recorder)
+    with pytest.raises(RuntimeError, match="stop here"):
+        models.load_classifier("builtin:minilm", 2, trust_remote_code=trust)
+    with pytest.raises(RuntimeError, match="stop here"):
+        models.load_causal_lm(str(tmp_path), trust_remote_code=trust)
+    assert seen == [trust, trust]
+
+
+def test_yaml_tags_that_run_code_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    space = tmp_path / "evil.yaml"
+    space.write_text(f"name: evil\nmodel: !!python/object/apply:os.system ['touch {marker}']\n"
+                     "search: {space: {rank: {choice: [4]}}}\n")
+    result = CliRunner().invoke(app, ["validate", str(space)])
+    assert result.exit_code == 2, result.output
+    assert "invalid YAML" in result.output
+    assert not marker.exists()
+
+
+def test_local_ray_serves_its_dashboard_on_loopback_only(monkeypatch):
+    import ray
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    tuner.init_ray(spec_from_dict(MINIMAL))
+    (kwargs,) = calls
+    assert kwargs["address"] == "local" and kwargs["dashboard_host"] == "127.0.0.1"
+
+
+def test_cluster_head_dashboard_is_on_loopback():
+    text = (Path(__file__).parents[2] / "cluster.yaml").read_text()
+    starts = [line for line in text.splitlines() if "ray start --head" in line]
+    assert starts and all("--dashboard-host=127.0.0.1" in line for line in starts)
+
+
+def test_credentials_are_redacted_and_secret_names_masked():
+    assert redact("https://user:pw@host:5000/x") == "https://***@host:5000/x"
+    assert redact("mlflow at postgresql://bob:s3cr3t@db/mlflow, then s3://bucket/x") == (
+        "mlflow at postgresql://***@db/mlflow, then s3://bucket/x")
+    assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert loggable("task.hf_token", "hf_abc") == "***"
+    assert loggable("tracking.mlflow_uri", "https://a:b@h") == "https://***@h"
+    params = _params({"tracking": {"mlflow_uri": "https://a:b@h"}, "api_key": "k", "train": {"lr": 0.1}})
+    assert params == {"tracking.mlflow_uri": "https://***@h", "api_key": "***", "train.lr": "0.1"}
