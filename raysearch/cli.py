@@ -112,7 +112,7 @@ def resume(
     storage: Optional[str] = typer.Option(None, "--storage", help="Results folder the search ran with "
                                           "(default ./raysearch_results)"),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow store (default: the one it ran with)"),
-    retry_errored: bool = typer.Option(False, "--retry-errored", help="Run errored trials again from scratch"),
+    retry_errored: bool = typer.Option(False, "--retry-errored", help="Run errored trials again (from their last checkpoint, when they have one)"),
 ) -> None:
     """Continue an interrupted search (crash, Ctrl-C, lost node) from its results folder.
 

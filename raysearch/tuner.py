@@ -206,9 +206,10 @@ def can_restore(storage_dir: str) -> bool:
 def restore_tuner(spec: Spec, storage_dir: str, retry_errored: bool = False) -> tune.Tuner:
     """The interrupted search at `storage_dir`, continued where it stopped.
 
-    Finished trials are kept, not re-run; unfinished ones continue (from their Ray Train
-    checkpoint, when they have one); errored ones stay errored, or start again from scratch
-    with `retry_errored`. The searcher (OptunaSearch + its study) and the callbacks
+    Finished trials are kept, not re-run; unfinished ones continue from their last Ray Train
+    checkpoint (the trial's TorchTrainer has the same name and storage, so Ray Train finds
+    it); errored ones stay errored, or start again with `retry_errored` (from their last
+    checkpoint in the same way). The searcher (OptunaSearch + its study) and the callbacks
     (MLflow tracking, progress) come back from Tune's saved state.
     """
     return tune.Tuner.restore(

@@ -2,6 +2,7 @@
 every trial finished exactly once in MLflow and in the Optuna study."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -29,7 +30,9 @@ def write_space(tmp_path: Path, model_dir: Path, name: str = "crash", **override
         "max_concurrent": 2,
         "early_stopping": {"scheduler": "none"},
         "space": {"rank": {"choice": [2, 4, 8]}, "lr": {"loguniform": [1e-3, 1e-2]}},
-    }, **{"resources": {"workers_per_trial": 1, "cpus_per_worker": 1}, **overrides})
+    }, **{"resources": {"workers_per_trial": 1, "cpus_per_worker": 1},
+          # 24 steps, an evaluation (and checkpoint) every 4: time to kill the driver mid-trial
+          "train": {"epochs": 2, "batch_size": 8, "lr": 5e-3, "eval_every_steps": 4}, **overrides})
 
 
 def child_runs(uri: str, name: str) -> list:
@@ -49,6 +52,19 @@ def tune_terminated(results: Path) -> int:
     return len(re.findall(r'"status": "TERMINATED"', text))
 
 
+def mid_trial_checkpoints(results: Path) -> dict[str, int]:
+    """Trial id -> step of the newest checkpoint Ray Train registered, for trials not yet finished."""
+    found = {}
+    for snapshot in results.glob("train/train-*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except (OSError, ValueError):
+            continue
+        if latest and not latest["metrics"].get("final"):
+            found[snapshot.parent.name.removeprefix("train-")] = int(latest["metrics"]["step"])
+    return found
+
+
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([RAYSEARCH, *args], env=env, capture_output=True, text=True, timeout=600)
 
@@ -65,12 +81,13 @@ def test_driver_killed_after_k_trials_resumes_to_n_finished_once(tmp_path, tiny_
         deadline = time.time() + 420
         while time.time() < deadline:
             finished = [r for r in child_runs(uri, "crash") if r.data.tags.get("raysearch.status") in FINISHED]
-            if len(finished) >= 2 and tune_terminated(results / "crash") >= 2:
+            if (len(finished) >= 2 and tune_terminated(results / "crash") >= 2
+                    and mid_trial_checkpoints(results / "crash")):
                 break
             assert driver.poll() is None, "the search ended before it could be interrupted"
             time.sleep(1)
         else:
-            pytest.fail("two trials never finished")
+            pytest.fail("two trials never finished while another was mid-way")
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:
@@ -80,6 +97,7 @@ def test_driver_killed_after_k_trials_resumes_to_n_finished_once(tmp_path, tiny_
         except ProcessLookupError:
             pass
 
+    checkpointed = mid_trial_checkpoints(results / "crash")  # what the killed trials left
     before = {r.data.tags["raysearch.trial_id"]: r for r in child_runs(uri, "crash")}
     done_before = {tid: r for tid, r in before.items() if r.data.tags["raysearch.status"] in FINISHED}
     assert 2 <= len(done_before) < 4
@@ -101,6 +119,11 @@ def test_driver_killed_after_k_trials_resumes_to_n_finished_once(tmp_path, tiny_
     interrupted = [r for r in children if r.data.tags["raysearch.trial_id"] not in done_before]
     assert all("continued by raysearch resume" in r.data.tags.get("raysearch.reason", "") for r in interrupted
                if before.get(r.data.tags["raysearch.trial_id"]) is not None)
+    assert checkpointed
+    for trial_id, step in checkpointed.items():  # interrupted mid-way: continued from the checkpoint
+        run = next(r for r in children if r.data.tags["raysearch.trial_id"] == trial_id)
+        resumed = client.get_metric_history(run.info.run_id, "resumed_from_step")
+        assert resumed and {m.value for m in resumed} == {step}, (trial_id, step, resumed)
     for trial_id, run in done_before.items():  # finished before the crash: not re-run, not touched
         now = client.get_run(run.info.run_id)
         assert now.info.end_time == run.info.end_time and now.data.metrics == run.data.metrics
