@@ -15,7 +15,7 @@ export RAY_TRAIN_V2_ENABLED := 1
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900
+
+# Every benchmark's full run, one after another (about 45 min on 2 CPU cores); what each
+# prints is kept in benchmarks/results/<name>.txt, the numbers docs/benchmarks.md quotes.
+BENCHMARKS := adapter_step_cost overhead search_efficiency rora_rank_sweep
+bench: SHELL := /bin/bash
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	set -o pipefail; for name in $(BENCHMARKS); do \
+	  $(BIN)/python benchmarks/$$name.py | tee benchmarks/results/$$name.txt || exit 1; \
+	done
 
 clean:
 	rm -rf raysearch_results mlflow.db mlruns

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,6 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def train(config: dict[str, Any]) -> None:
+    loop_started_at = time.time()  # the trial's own clock (benchmarks/overhead.py splits a trial's time with it)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     train_cfg, task_cfg = config["train"], config["task"]
@@ -88,6 +90,8 @@ def train(config: dict[str, Any]) -> None:
     if saved is not None:
         resumed = restore_training(saved, model=inner, optimizer=optimizer, scheduler=scheduler, adapter=adapter)
 
+    setup_s = time.time() - loop_started_at  # data, model load, adapter, optimizer
+
     # --- train ----------------------------------------------------------------------
     batches = global_batches(train_set, global_batch, rank, world, train_cfg["seed"], skip=resumed.step)
     loss_sum, loss_count, evaluations = 0.0, 0, resumed.evaluations
@@ -122,6 +126,8 @@ def train(config: dict[str, Any]) -> None:
                 rank_allocation=json.dumps(adapter.rank_allocation(inner)),
                 final=step == total_steps,
                 diverged=False,
+                loop_started_at=loop_started_at,
+                setup_s=setup_s,
             )
             if resumed.step:
                 metrics["resumed_from_step"] = resumed.step

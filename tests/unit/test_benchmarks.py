@@ -5,6 +5,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 
 
@@ -25,3 +27,56 @@ def test_adapter_step_cost_quick(capsys):
     assert lora["vs_lora"] == 1.0
     assert all(r["step_ms"] > 0 for r in rows)
     assert "x LoRA" in capsys.readouterr().out
+
+
+# The in-process benchmarks' quick modes: MiniLM for a couple of steps on a few SST-2 sentences.
+
+
+def test_search_efficiency_table_quick(capsys):
+    rows = load("search_efficiency").main(["--quick", "--part", "table"])
+    curves = [r for r in rows if r["part"] == "hypervolume"]
+    assert {(r["sampler"], r["k"]) for r in curves} == {(s, k) for s in ("tpe", "nsga2", "random") for k in (2, 4, 8)}
+    assert all(0.0 <= r["mean"] <= 1.0 for r in curves)  # a fraction of the whole table's hypervolume
+    reach = [r for r in rows if r["part"] == "reach"]
+    assert sorted(r["sampler"] for r in reach) == ["nsga2", "random", "tpe"]
+    assert all(len(r["per_seed"]) == 3 for r in reach)
+    assert not [r for r in rows if r["part"] == "asha"]
+    assert "lookup table: 4 configurations" in capsys.readouterr().out
+
+
+def test_rora_rank_sweep_quick(tmp_path, capsys):
+    plot = tmp_path / "sweep.png"
+    rows = load("rora_rank_sweep").main(["--quick", "--plot", str(plot)])
+    assert {(r["rank"], r["scaling"]) for r in rows} == {(4, "lora"), (4, "rora"), (8, "lora"), (8, "rora")}
+    assert all(len(r["accuracies"]) == 2 for r in rows)  # one per seed
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert "finding:" in capsys.readouterr().out
+
+
+# The quick modes that run `raysearch run`: one Ray start and one Train worker group per
+# search cost most of a minute on 2 cores whatever the trial.
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_overhead_quick(capsys):
+    rows = load("overhead").main(["--quick"])
+    assert [(r["steps"], r["trials"]) for r in rows] == [(4, 1)]
+    segments = rows[0]["segments"]
+    timeline = ("imports", "before_trials", "trial_start", "setup", "training", "trial_end", "between_trials",
+                "after_trials")
+    for side in ("raysearch_s", "plain_s"):  # the timeline's rows add up to the wall time
+        assert sum(segments[k][side] for k in timeline) == pytest.approx(segments["total"][side])
+    assert segments["ray_start"]["plain_s"] == 0 < segments["ray_start"]["raysearch_s"]
+    assert segments["mlflow"]["plain_s"] == 0 < segments["mlflow"]["raysearch_s"]
+    assert rows[0]["ratio"] == pytest.approx(segments["total"]["raysearch_s"] / segments["total"]["plain_s"])
+    assert "ratio raysearch / plain" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_search_efficiency_asha_quick(capsys):
+    rows = load("search_efficiency").main(["--quick", "--part", "asha"])
+    assert [r["scheduler"] for r in rows] == ["none", "asha"]
+    assert [(r["trials"], r["errored"], r["trial_steps"]) for r in rows] == [(1, 0, 4)] * 2  # 1 trial of 4 steps
+    assert "ASHA steps / none" in capsys.readouterr().out
