@@ -203,6 +203,7 @@ def launch(
         plan = launch_plan(cluster, space, run_args, working_dir, dashboard_port)
     except ClusterSetupError as err:
         fail(str(err))
+
     def echo(line: str) -> None:  # the commands run with the real URIs; what is printed has no password
         console.print(redact(line), highlight=False, markup=False, soft_wrap=True)
 

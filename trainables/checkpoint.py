@@ -24,11 +24,17 @@ class Resumed:
     evaluations: int  # evaluations reported up to and including that step
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every state-dict entry but the frozen parameters: adapter and head weights, gates,
-    masks and other buffers."""
+def trainable_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys a checkpoint holds: all but the frozen parameters (adapter and
+    head weights, gates, masks and other buffers)."""
     frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
-    return {key: value.detach().cpu() for key, value in model.state_dict().items() if key not in frozen}
+    return {key for key in model.state_dict() if key not in frozen}
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of `trainable_keys`, on the CPU."""
+    keys = trainable_keys(model)
+    return {key: value.detach().cpu() for key, value in model.state_dict().items() if key in keys}
 
 
 def save_training_state(
@@ -72,7 +78,7 @@ def restore_model(model: nn.Module, state: dict[str, Any]) -> None:
     except RuntimeError as error:  # shapes differ (another rank, another model)
         detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
         raise RuntimeError(mismatch.format(detail)) from error
-    wrong = sorted(set(unexpected) | (set(trainable_state(model)) & set(missing)))
+    wrong = sorted(set(unexpected) | (trainable_keys(model) & set(missing)))
     if wrong:
         raise RuntimeError(mismatch.format(f"e.g. {', '.join(wrong[:3])}"))
 

@@ -15,13 +15,12 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from trainables.adapters import ADAPTERS
@@ -132,11 +131,12 @@ def train(config: dict[str, Any]) -> None:
             if resumed.step:
                 metrics["resumed_from_step"] = resumed.step
             loss_sum, loss_count = 0.0, 0
-            if step == total_steps:
-                report_with_export(metrics, adapter, inner, rank)
-            else:
-                report_with_state(metrics, rank, model=inner, optimizer=optimizer, scheduler=scheduler,
-                                  adapter=adapter, step=step, evaluations=evaluations)
+            if step == total_steps:  # the last checkpoint holds the exported adapter
+                report(metrics, rank, lambda folder: adapter.export(inner, folder / "adapter"))
+            else:  # the others, what a restarted worker continues from
+                report(metrics, rank, lambda folder: save_training_state(
+                    folder, model=inner, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
+                    step=step, evaluations=evaluations))
 
 
 def global_batches(
@@ -187,15 +187,6 @@ def read_checkpoint(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] |
         return read_training_state(Path(directory))
 
 
-def report_with_state(metrics: dict[str, Any], rank: int, **state: Any) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:  # every worker holds the same state; one writes it
-            save_training_state(Path(tmp), **state)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
 class TrialOutOfMemory(RuntimeError):
     """The GPU ran out of memory; the message says what to lower."""
 
@@ -212,10 +203,12 @@ def out_of_memory_hint(config: dict[str, Any], error: BaseException) -> str:
     )
 
 
-def report_with_export(metrics: dict[str, Any], adapter: Any, model: nn.Module, rank: int) -> None:
+def report(metrics: dict[str, Any], rank: int, write: Callable[[Path], Any]) -> None:
+    """Report `metrics` with a checkpoint whose folder `write` fills. Every worker holds the
+    same state, so rank 0 alone writes; every worker reports."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            adapter.export(model, Path(tmp) / "adapter")
+            write(Path(tmp))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
