@@ -239,11 +239,13 @@ class MlflowTracking(Callback):
         self._run_ids: dict[str, str] = {}  # trial_id -> child run id
         self._last_results: dict[str, dict] = {}
         self._client_obj: MlflowClient | None = None
+        self._logged_through: dict[str, int] = {}  # trial_id -> last step its run has, for restarted trials
 
     # Tune pickles the run config (with its callbacks) for `Tuner.restore`: leave the client out.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_client_obj"] = None
+        state["_logged_through"] = {}  # read again from MLflow by the process that restores it
         return state
 
     # `raysearch resume --mlflow-uri` (a moved store): Tune unpickles the callbacks it saved,
@@ -252,6 +254,7 @@ class MlflowTracking(Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_logged_through", {})  # pickled by a version without it
         if MlflowTracking.uri_override:
             self.mlflow_uri = MlflowTracking.uri_override
 
@@ -375,7 +378,18 @@ class MlflowTracking(Callback):
         if not metrics:
             return
         step, now = _result_step(result), int(time.time() * 1000)
+        if "resumed_from_step" in result and step <= self._last_logged_step(str(trial.trial_id), run_id):
+            # A trial restarted from a checkpoint older than what its run already shows (Tune
+            # saves its experiment state every few seconds, a crash may fall in between)
+            # trains those steps again, to the same values: log each step once.
+            return
         self._client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def _last_logged_step(self, trial_id: str, run_id: str) -> int:
+        if trial_id not in self._logged_through:
+            history = self._client.get_metric_history(run_id, "adapter_params")  # in every report
+            self._logged_through[trial_id] = max((m.step for m in history), default=-1)
+        return self._logged_through[trial_id]
 
     def _last_result(self, trial: Any) -> dict:
         return getattr(trial, "last_result", None) or self._last_results.get(str(trial.trial_id), {})

@@ -241,6 +241,29 @@ def test_resume_reuses_parent_and_child_runs(callback: MlflowTracking, uri: str)
     assert len(client.search_runs([callback.experiment_id], "tags.\"raysearch.role\" = 'search'")) == 1
 
 
+def test_a_restarted_trial_logs_each_step_once(callback: MlflowTracking, uri: str) -> None:
+    """Resumed from a checkpoint older than its run's last logged step (the driver died after
+    logging steps 10-30, but Tune's saved state knew only the step-10 checkpoint): the
+    retrained steps 20-30 are not logged again; the steps after them are."""
+    trial = FakeTrial("t0", {"variant": "lora", "rank": 8})
+    callback.on_trial_start(0, [], trial)
+    _report(callback, trial, [_result(10, 0.5, 100), _result(20, 0.6, 100), _result(30, 0.7, 100)])
+    callback.close("KILLED")
+
+    resumed = MlflowTracking(uri, EXPERIMENT, OBJECTIVES, {}, parent_run_id=callback.parent_run_id)
+    resumed.setup()
+    resumed.on_trial_start(0, [], trial)
+    _report(resumed, trial, [_result(step, 0.1 * step / 10 + 0.4, 100, resumed_from_step=10)
+                             for step in (20, 30)] + [_result(40, 0.8, 100, final=True, resumed_from_step=10)])
+    resumed.on_trial_complete(0, [], trial)
+
+    client = MlflowClient(tracking_uri=uri)
+    run = _runs_by_trial(client, callback)["t0"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [10, 20, 30, 40]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "resumed_from_step")] == [40]
+    assert run.data.tags["raysearch.status"] == "completed"
+
+
 def test_leaderboard_sorted_and_pareto_filter(finished: tuple[MlflowTracking, str, Path]) -> None:
     _, uri, _ = finished
     rows = leaderboard(uri, EXPERIMENT)
