@@ -1,6 +1,12 @@
 """Platform overhead: a raysearch search of N fixed trials vs the same training loops run
 back to back in one plain Python process.
 
+raysearch runs twice per trial length, once per way a 1-worker trial can train
+(`resources.inline_single_worker`): `inline` (the default: the loop runs in the trial's
+Tune function, which Tune reuses from trial to trial) and `ray_train` (every trial a Ray
+Train run: a controller and a worker process per trial). Both are compared with the same
+plain run.
+
 Both sides are child processes of this script, timed from spawn to exit, so both pay
 interpreter start and imports:
 - raysearch: `raysearch run` on a grid of N ranks (one trial each), ASHA off,
@@ -31,9 +37,10 @@ per-trial extras do not grow with length. Each trial length is its own pair of r
 trial evaluated (reported, checkpointed) the same number of times.
 
     python benchmarks/overhead.py            # full: 4 trials of 16, then of 64 steps (MiniLM, SST-2: 256 / 1,024
-                                             #   train and 128 dev examples, batch 16, 4 evaluations); ~10 min on 2 CPU cores
-    python benchmarks/overhead.py --quick    # 1 trial of 4 steps: checks the script runs;
-                                             #   about a minute (one Ray start and one Train worker group)
+                                             #   train and 128 dev examples, batch 16, 4 evaluations), each
+                                             #   length: plain, inline, ray_train; ~15 min on 2 CPU cores
+    python benchmarks/overhead.py --quick    # 1 trial of 4 steps, inline only: checks the script runs;
+                                             #   under a minute
 """
 from __future__ import annotations
 
@@ -56,6 +63,7 @@ harness.set_environment()
 RANKS = [4, 8, 16, 32, 64, 128]  # the grid: one trial per rank
 PLAIN_CHILD, CLI_CHILD = "--plain-child", "--cli-child"
 TARGET = 1.10
+RUNNERS = ("inline", "ray_train")  # resources.inline_single_worker true / false
 
 # (key, label): the timeline rows, then rows that are part of the one above them ("  of which").
 ROWS = [
@@ -64,11 +72,11 @@ ROWS = [
     ("preflight", "  of which preflight checks (data, model, MLflow store, storage)"),
     ("ray_start", "  of which Ray start (ray.init)"),
     ("tune_start", "  of which the rest: Tuner, Optuna, MLflow parent run, first Tune function started"),
-    ("trial_start", "trial start: Tune function running -> Train controller, worker -> loop's first line"),
+    ("trial_start", "trial start: Tune function running -> (ray_train: controller, worker) -> loop's first line"),
     ("setup", "trial setup: data, model load, adapter (the loop's setup_s)"),
     ("training", "training, evaluations, reports + checkpoints -> final result at the driver"),
-    ("trial_end", "trial end: final result -> trial complete (worker group shut down)"),
-    ("between_trials", "between trials: MLflow closes the trial's run, next Tune function started"),
+    ("trial_end", "trial end: final result -> trial complete (ray_train: worker group shut down)"),
+    ("between_trials", "between trials: MLflow closes the trial's run, next Tune function started/reused"),
     ("after_trials", "after the last trial: MLflow artifacts, Ray shutdown, leaderboard, exit"),
     ("ray_shutdown", "  of which Ray shutdown"),
     ("total", "total wall time"),
@@ -224,8 +232,10 @@ def run_plain(experiment: dict[str, Any], points: list[dict[str, Any]], workdir:
     return timeline(spawned_at, exited_at, json.loads(out.read_text()))
 
 
-def run_raysearch(experiment: dict[str, Any], workdir: Path) -> dict[str, float]:
-    out = workdir / "raysearch-clock.json"
+def run_raysearch(experiment: dict[str, Any], workdir: Path, runner: str) -> dict[str, float]:
+    experiment = {**experiment, "name": f"{experiment['name']}-{runner}",
+                  "resources": {**experiment["resources"], "inline_single_worker": runner == "inline"}}
+    out = workdir / f"raysearch-{runner}-clock.json"
     run = harness.run_search(experiment, workdir, command=[sys.executable, __file__, CLI_CHILD, str(out)])
     return timeline(run.spawned_at, run.exited_at, json.loads(out.read_text()))
 
@@ -235,7 +245,8 @@ def warm_up() -> None:
     subprocess.run([sys.executable, "-c", "import raysearch.cli, raysearch.search, trainables.loop"], check=True)
 
 
-def compare(steps: int, trials: int, evaluations: int, ray: dict[str, float], plain: dict[str, float]) -> dict[str, Any]:
+def compare(runner: str, steps: int, trials: int, evaluations: int, ray: dict[str, float],
+            plain: dict[str, float]) -> dict[str, Any]:
     extra = {key: ray[key] - plain[key] for key in ray}
     fixed_ray, fixed_plain = sum(ray[k] for k in FIXED), sum(plain[k] for k in FIXED)
     per_trial_extra = sum(extra[k] for k in PER_TRIAL) / trials
@@ -243,7 +254,7 @@ def compare(steps: int, trials: int, evaluations: int, ray: dict[str, float], pl
     # ratio(t) = (fixed_ray + N (t + e)) / (fixed_plain + N t) = 1.10, solved for the plain trial time t.
     break_even = (fixed_ray - TARGET * fixed_plain + trials * per_trial_extra) / ((TARGET - 1) * trials)
     return {
-        "steps": steps, "trials": trials, "evaluations": evaluations,
+        "runner": runner, "steps": steps, "trials": trials, "evaluations": evaluations,
         "raysearch_s": ray["total"], "plain_s": plain["total"], "ratio": ray["total"] / plain["total"],
         "segments": {key: {"raysearch_s": ray[key], "plain_s": plain[key]} for key, _ in ROWS},
         "fixed_extra_s": fixed_ray - fixed_plain, "per_trial_extra_s": per_trial_extra,
@@ -253,7 +264,7 @@ def compare(steps: int, trials: int, evaluations: int, ray: dict[str, float], pl
 
 
 def print_comparison(row: dict[str, Any]) -> None:
-    print(f"\n{row['trials']} trial(s) x {row['steps']} steps, {row['evaluations']} evaluations each")
+    print(f"\n{row['runner']}: {row['trials']} trial(s) x {row['steps']} steps, {row['evaluations']} evaluations each")
     print(f"{'':<84} {'raysearch s':>11} {'plain s':>8} {'extra s':>8}")
     for key, label in ROWS:
         cell = row["segments"][key]
@@ -283,11 +294,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--evaluations", type=int, default=None, help="evaluations (reports) per trial")
     parser.add_argument("--data", type=Path, default=harness.SST2, help="SST-2 folder (train.tsv, dev.tsv)")
     parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))
+    parser.add_argument("--runners", nargs="+", choices=RUNNERS, default=None,
+                        help="how raysearch trains 1-worker trials (default: both; --quick: inline)")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     trials = min(args.trials or (1 if args.quick else 4), len(RANKS))
     lengths = args.steps or ([4] if args.quick else [16, 64])
     evaluations = args.evaluations or (2 if args.quick else 4)
+    runners = args.runners or (["inline"] if args.quick else list(RUNNERS))
     points = [{"rank": rank} for rank in RANKS[:trials]]
     rows = []
     with tempfile.TemporaryDirectory(prefix="raysearch-overhead-") as tmp:
@@ -303,13 +317,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             workdir = Path(tmp, f"steps-{steps}")
             workdir.mkdir()
             plain = run_plain(experiment, points, workdir)
-            ray = run_raysearch(experiment, workdir)
-            rows.append(compare(steps, trials, evaluations, ray, plain))
-            print_comparison(rows[-1])
-    print(f"\n{'steps':>5} {'trials':>6} {'plain s/trial':>13} {'raysearch s':>11} {'plain s':>8} {'ratio':>6}")
+            for runner in runners:
+                ray = run_raysearch(experiment, workdir, runner)
+                rows.append(compare(runner, steps, trials, evaluations, ray, plain))
+                print_comparison(rows[-1])
+    print(f"\n{'steps':>5} {'trials':>6} {'runner':>9} {'plain s/trial':>13} {'raysearch s':>11} {'plain s':>8} "
+          f"{'ratio':>6}")
     for row in rows:
-        print(f"{row['steps']:>5} {row['trials']:>6} {row['plain_trial_s']:>13.1f} {row['raysearch_s']:>11.1f} "
-              f"{row['plain_s']:>8.1f} {row['ratio']:>5.2f}x")
+        print(f"{row['steps']:>5} {row['trials']:>6} {row['runner']:>9} {row['plain_trial_s']:>13.1f} "
+              f"{row['raysearch_s']:>11.1f} {row['plain_s']:>8.1f} {row['ratio']:>5.2f}x")
     print(f"\nmodel {harness.MODEL}, data {args.data} "
           f"(16 train examples a step, batch 16, max_length {sizes.max_length}, {sizes.eval_examples} dev examples), "
           f"grid over rank, ASHA off, max_concurrent 1, cpus_per_worker {args.cpus_per_worker:g}, "
