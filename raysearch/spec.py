@@ -346,6 +346,15 @@ class ResourcesSpec(_Model):
     """CPUs each worker reserves."""
     gpus_per_worker: float = Field(0, ge=0)
     """GPUs each worker reserves (0: train on CPU)."""
+    inline_single_worker: bool = True
+    """A trial of one worker runs its training loop in its Tune function's own process, with
+    no Ray Train worker group (that group costs a controller and a worker process, ~14 s per
+    trial). false: every trial is a Ray Train run. Trials of 2+ workers always are."""
+
+    @property
+    def inline(self) -> bool:
+        """Whether trials run in their Tune function's process (see inline_single_worker)."""
+        return self.inline_single_worker and self.workers_per_trial == 1
 
 
 class TrackingSpec(_Model):

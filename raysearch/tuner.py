@@ -1,5 +1,6 @@
 """Builds and runs the Ray Tune search: OptunaSearch over the objectives, ASHA on
-`val_loss`, one Ray Train run per trial. The only module that builds Tune objects.
+`val_loss`, one trial function per trial (which trains inline or as a Ray Train run).
+The only module that builds Tune objects.
 """
 from __future__ import annotations
 
@@ -19,10 +20,27 @@ from raysearch.space import define_by_run, grid_points, make_sampler, num_trials
 from raysearch.spec import DEFAULT_STORAGE, Spec
 from trainables.trial import run_trial
 
-# The Tune function only waits on TorchTrainer.fit(); the workers hold the real
-# CPUs/GPUs. Each concurrent trial gets one extra logical CPU on a local Ray for
-# its function and Train controller (see DESIGN-NOTES.md, "Resources").
+# A Tune function that starts a Ray Train run only waits on TorchTrainer.fit(); the
+# workers hold the real CPUs/GPUs. Each concurrent trial gets one extra logical CPU on a
+# local Ray for its function and Train controller (see DESIGN-NOTES.md, "Resources").
+# An inline trial's function is its worker and holds the worker's CPUs/GPUs itself.
 TRIAL_FUNCTION_RESOURCES = {"cpu": 1}
+
+
+def function_resources(spec: Spec) -> dict[str, float]:
+    """What a trial's Tune function reserves."""
+    resources = spec.resources
+    if not resources.inline:
+        return dict(TRIAL_FUNCTION_RESOURCES)
+    held = {"cpu": resources.cpus_per_worker}
+    if resources.gpus_per_worker > 0:
+        held["gpu"] = resources.gpus_per_worker
+    return held
+
+
+def extra_function_cpus(spec: Spec) -> float:
+    """CPUs a trial's Tune function holds beyond its workers' (0 when it trains inline)."""
+    return 0 if spec.resources.inline else TRIAL_FUNCTION_RESOURCES["cpu"]
 
 
 class DivergenceAwareOptunaSearch(OptunaSearch):
@@ -62,9 +80,10 @@ def effective_concurrency(spec: Spec, cluster_cpus: float) -> int:
 
 
 def trial_demand(spec: Spec) -> dict[str, float]:
-    """What one running trial holds: its Tune function's CPU plus its Train workers."""
+    """What one running trial holds: its workers' CPUs and GPUs, plus a CPU for its Tune
+    function when that function starts a Ray Train run."""
     resources = spec.resources
-    demand = {"CPU": TRIAL_FUNCTION_RESOURCES["cpu"] + worker_cpus(spec)}
+    demand = {"CPU": extra_function_cpus(spec) + worker_cpus(spec)}
     if resources.gpus_per_worker > 0:
         demand["GPU"] = resources.workers_per_trial * resources.gpus_per_worker
     return demand
@@ -87,8 +106,8 @@ def cluster_concurrency(spec: Spec, cluster: ClusterInfo) -> int:
         have = ", ".join(f"{cluster.resources.get(name, 0):g} {name}" for name in demand)
         need = ", ".join(f"{amount:g} {name}" for name, amount in demand.items())
         raise ClusterSetupError(
-            f"resources: a trial needs {need} (1 CPU for its Tune function + workers_per_trial x "
-            f"cpus_per_worker/gpus_per_worker); this cluster has {have} on {cluster.nodes} node(s) and no "
+            f"resources: a trial needs {need} ({'' if spec.resources.inline else '1 CPU for its Tune function + '}"
+            f"workers_per_trial x cpus_per_worker/gpus_per_worker); this cluster has {have} on {cluster.nodes} node(s) and no "
             "autoscaler to add nodes. Lower resources.* or add nodes."
         )
     return min(spec.search.max_concurrent, fits)
@@ -111,7 +130,7 @@ def init_ray(spec: Spec) -> int:
             ray.init(
                 # "local": never join a cluster that `ray start` recorded in /tmp/ray.
                 address="local",
-                num_cpus=cpus + concurrency * TRIAL_FUNCTION_RESOURCES["cpu"],
+                num_cpus=cpus + concurrency * extra_function_cpus(spec),
                 # Ray Train's placement-group cleaner needs the state API, which the
                 # dashboard serves; bound to loopback so nothing listens beyond it.
                 include_dashboard=True,
@@ -176,13 +195,17 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
             search_alg=build_searcher(spec, storage_dir, concurrency),
             scheduler=build_scheduler(spec),
             num_samples=num_trials_for(spec.search),
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name="tune",
             storage_path=storage_dir,
             callbacks=list(callbacks),
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A Ray Train run retries its own workers (trainables/trial.py); an inline
+            # trial is retried by Tune, from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures if spec.resources.inline else 0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
         ),
     )
 
@@ -190,7 +213,7 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
 def build_trainable(spec: Spec, storage_dir: str) -> Any:
     """The Tune function with the experiment's fixed config; `restore_tuner` rebuilds the same one."""
     return tune.with_resources(
-        tune.with_parameters(run_trial, base=base_config(spec, str(storage_dir))), TRIAL_FUNCTION_RESOURCES
+        tune.with_parameters(run_trial, base=base_config(spec, str(storage_dir))), function_resources(spec)
     )
 
 
@@ -206,16 +229,19 @@ def can_restore(storage_dir: str) -> bool:
 def restore_tuner(spec: Spec, storage_dir: str, retry_errored: bool = False) -> tune.Tuner:
     """The interrupted search at `storage_dir`, continued where it stopped.
 
-    Finished trials are kept, not re-run; unfinished ones continue from their last Ray Train
-    checkpoint (the trial's TorchTrainer has the same name and storage, so Ray Train finds
-    it); errored ones stay errored, or start again with `retry_errored` (from their last
-    checkpoint in the same way). The searcher (OptunaSearch + its study) and the callbacks
-    (MLflow tracking, progress) come back from Tune's saved state.
+    Finished trials are kept, not re-run; unfinished ones continue from their last
+    checkpoint: Tune hands an inline trial its own, and a Ray Train run finds its own (the
+    trial's TorchTrainer has the same name and storage). Errored ones stay errored, or
+    start again with `retry_errored`, from their last checkpoint in the same way (so Tune
+    "resumes" an inline one and "restarts" the function of a Ray Train one). The searcher
+    (OptunaSearch + its study) and the callbacks (MLflow tracking, progress) come back from
+    Tune's saved state.
     """
+    inline = spec.resources.inline
     return tune.Tuner.restore(
         tune_path(storage_dir),
         trainable=build_trainable(spec, storage_dir),
         resume_unfinished=True,
-        resume_errored=False,
-        restart_errored=retry_errored,
+        resume_errored=retry_errored and inline,
+        restart_errored=retry_errored and not inline,
     )

@@ -1,4 +1,5 @@
-"""The training recipe every trial runs on every Ray Train worker.
+"""The training recipe every trial runs on every worker: a Ray Train worker, or a
+1-worker trial's Tune function (trainables/session.py says which; the loop does not care).
 
 Reads top to bottom: setup (data, model, adapter, optimizer), train with
 evaluations every `eval_every_steps`, report, export. It knows nothing about
@@ -17,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
@@ -33,23 +32,27 @@ from trainables.checkpoint import (
     save_training_state,
 )
 from trainables.models import upcast_trainable
+from trainables.session import Session, TrainSession
 from trainables.tasks import make_task
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's worker function."""
+    run_loop(config, TrainSession())
+
+
+def run_loop(config: dict[str, Any], session: Session) -> None:
     try:
-        train(config)
+        train(config, session)
     except torch.OutOfMemoryError as error:
         raise TrialOutOfMemory(out_of_memory_hint(config, error)) from error
 
 
-def train(config: dict[str, Any]) -> None:
+def train(config: dict[str, Any], session: Session) -> None:
     loop_started_at = time.time()  # the trial's own clock (benchmarks/overhead.py splits a trial's time with it)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, device = session.rank, session.world, session.device
     train_cfg, task_cfg = config["train"], config["task"]
     torch.manual_seed(train_cfg["seed"])
-    device = ray.train.torch.get_device()
 
     # --- setup: data, model, adapter -------------------------------------------
     # The task type (trainables/tasks.py) decides the data, the model class, the loss and
@@ -75,10 +78,10 @@ def train(config: dict[str, Any]) -> None:
 
     # A restarted worker group (killed worker, retried error, resumed search) continues
     # from the last evaluation's checkpoint instead of step 0.
-    saved = read_checkpoint(ray.train.get_checkpoint())
+    saved = read_checkpoint(session.get_checkpoint())
     if saved is not None:
         restore_model(model, saved)
-    model = ray.train.torch.prepare_model(model) if world > 1 else model.to(device)
+    model = session.prepare_model(model)
     inner = model.module if hasattr(model, "module") else model
 
     optimizer = torch.optim.AdamW(adapter.param_groups(inner, train_cfg["lr"], train_cfg["weight_decay"]))
@@ -102,7 +105,9 @@ def train(config: dict[str, Any]) -> None:
         if extra is not None:
             loss = loss + extra
         if not all_finite(loss.detach(), device):
-            report_diverged(step, adapter.adapter_params(inner))
+            # No loss value is reported: a NaN must never reach Tune, ASHA or Optuna.
+            session.report({"step": step, "adapter_params": adapter.adapter_params(inner), "diverged": True,
+                            "final": True})
             return
         loss.backward()
         torch.nn.utils.clip_grad_norm_(inner.parameters(), train_cfg["max_grad_norm"])
@@ -132,9 +137,9 @@ def train(config: dict[str, Any]) -> None:
                 metrics["resumed_from_step"] = resumed.step
             loss_sum, loss_count = 0.0, 0
             if step == total_steps:  # the last checkpoint holds the exported adapter
-                report(metrics, rank, lambda folder: adapter.export(inner, folder / "adapter"))
+                report(session, metrics, lambda folder: adapter.export(inner, folder / "adapter"))
             else:  # the others, what a restarted worker continues from
-                report(metrics, rank, lambda folder: save_training_state(
+                report(session, metrics, lambda folder: save_training_state(
                     folder, model=inner, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
                     step=step, evaluations=evaluations))
 
@@ -171,12 +176,7 @@ def mean_across_workers(value: float, device: torch.device) -> float:
     return float(tensor.item() / dist.get_world_size())
 
 
-def report_diverged(step: int, adapter_params: int) -> None:
-    # No loss value is reported: a NaN must never reach Tune, ASHA or Optuna.
-    ray.train.report({"step": step, "adapter_params": adapter_params, "diverged": True, "final": True})
-
-
-def read_checkpoint(checkpoint: ray.train.Checkpoint | None) -> dict[str, Any] | None:
+def read_checkpoint(checkpoint: Any) -> dict[str, Any] | None:
     """The training state of a reported checkpoint; None for a first start (or a final
     checkpoint, which holds the exported adapter only)."""
     if checkpoint is None:
@@ -203,12 +203,10 @@ def out_of_memory_hint(config: dict[str, Any], error: BaseException) -> str:
     )
 
 
-def report(metrics: dict[str, Any], rank: int, write: Callable[[Path], Any]) -> None:
+def report(session: Session, metrics: dict[str, Any], write: Callable[[Path], Any]) -> None:
     """Report `metrics` with a checkpoint whose folder `write` fills. Every worker holds the
     same state, so rank 0 alone writes; every worker reports."""
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
+        if session.rank == 0:
             write(Path(tmp))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        session.report(metrics, Path(tmp) if session.rank == 0 else None)

@@ -1,4 +1,5 @@
-"""The Tune function: one trial = one Ray Train run of the worker loop.
+"""The Tune function: one trial = one run of the worker loop, either in this process
+(a 1-worker trial, `resources.inline_single_worker`) or as a Ray Train run.
 
 Tune samples a flat dict of search dimensions; merged onto the experiment's
 defaults it becomes the plain-dict config every worker receives.
@@ -13,7 +14,8 @@ from ray.train import TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from trainables.loop import train_loop_per_worker
+from trainables.loop import run_loop, train_loop_per_worker
+from trainables.session import TuneSession
 
 
 def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +35,14 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
     config = trial_config(base, sampled)
     resources = config["resources"]
     use_gpu = resources["gpus_per_worker"] > 0
+    if resources["inline_single_worker"] and resources["workers_per_trial"] == 1:
+        # Tune itself retries the function (its FailureConfig, from train.max_failures) and
+        # hands the retried run its last checkpoint.
+        try:
+            run_loop(config, TuneSession(use_gpu))
+        except Exception as error:  # Tune stops a trial with SystemExit, which passes through
+            raise TrialFailed(failure_summary(error, config["train"]["max_failures"])) from error
+        return
     per_worker = {"CPU": resources["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = resources["gpus_per_worker"]

@@ -26,7 +26,7 @@ from raysearch.cluster import (
     validate_cluster_config,
 )
 from raysearch.spec import load_spec, spec_from_dict
-from raysearch.tuner import cluster_concurrency
+from raysearch.tuner import cluster_concurrency, function_resources, trial_demand
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -264,6 +264,20 @@ def test_concurrency_on_a_fixed_cluster_is_capped_by_its_cpus_and_gpus():
     assert cluster_concurrency(spec, ClusterInfo(2, {"CPU": 5, "GPU": 8}, autoscaling=False)) == 1  # 3 CPUs a trial
     with pytest.raises(ClusterSetupError, match="a trial needs 3 CPU, 2 GPU"):
         cluster_concurrency(spec, ClusterInfo(1, {"CPU": 16}, autoscaling=False))
+
+
+def test_an_inline_trial_holds_its_workers_resources_and_no_more():
+    inline = spec_with({"workers_per_trial": 1, "cpus_per_worker": 2, "gpus_per_worker": 1})
+    assert inline.resources.inline
+    assert function_resources(inline) == {"cpu": 2, "gpu": 1}  # the Tune function is the worker
+    assert trial_demand(inline) == {"CPU": 2, "GPU": 1}
+    as_train_run = spec_with({"workers_per_trial": 1, "cpus_per_worker": 2, "gpus_per_worker": 1,
+                              "inline_single_worker": False})
+    assert function_resources(as_train_run) == {"cpu": 1}  # it only waits on TorchTrainer.fit()
+    assert trial_demand(as_train_run) == {"CPU": 3, "GPU": 1}
+    cluster = ClusterInfo(1, {"CPU": 5, "GPU": 2}, autoscaling=False)
+    assert cluster_concurrency(inline, cluster) == 2 and cluster_concurrency(as_train_run, cluster) == 1
+    assert not spec_with({"workers_per_trial": 2}).resources.inline  # 2+ workers: always Ray Train
 
 
 def test_concurrency_on_an_autoscaling_cluster_is_not_capped_by_its_current_size():

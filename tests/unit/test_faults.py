@@ -32,12 +32,12 @@ def test_last_line_keeps_a_typed_line_and_types_a_bare_one():
 
 
 def test_out_of_memory_becomes_an_error_that_says_what_to_lower(monkeypatch):
-    def oom(config):
+    def oom(config, session):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)\nmore")
 
     monkeypatch.setattr(loop, "train", oom)
     with pytest.raises(loop.TrialOutOfMemory) as caught:
-        loop.train_loop_per_worker(CONFIG)
+        loop.run_loop(CONFIG, session=None)
     message = str(caught.value)
     assert "\n" not in message  # one line: it becomes the run's raysearch.error tag
     for hint in ("train.batch_size=64", "rank 16", "2 worker(s)", "task.gradient_checkpointing",
@@ -47,12 +47,12 @@ def test_out_of_memory_becomes_an_error_that_says_what_to_lower(monkeypatch):
 
 
 def test_other_errors_pass_through_unchanged(monkeypatch):
-    def broken(config):
+    def broken(config, session):
         raise ValueError("bad label")
 
     monkeypatch.setattr(loop, "train", broken)
     with pytest.raises(ValueError, match="bad label"):
-        loop.train_loop_per_worker(CONFIG)
+        loop.run_loop(CONFIG, session=None)
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -1,4 +1,4 @@
-"""The worker loop run in this process with Ray Train's session faked: what it reports at
+"""The worker loop run in this process with a fake session: what it reports at
 each evaluation, the checkpoints it writes, how a restart continues, and a NaN loss."""
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import ray.train
-import ray.train.torch
 import torch
 
 from raysearch.spec import Spec
@@ -30,44 +29,38 @@ def worker_config(tiny_model_dir: Path, tmp_path: Path, **sampled: Any) -> dict[
 
 
 class FakeSession:
-    """Ray Train's per-worker calls, for one worker: reports (and copies of their checkpoints)."""
+    """A one-worker session (trainables/session.py) that keeps its reports and copies of
+    their checkpoints, and hands back `resume_from` as the checkpoint to continue from."""
+
+    rank, world, device = 0, 1, torch.device("cpu")
 
     def __init__(self, root: Path, resume_from: Path | None = None) -> None:
         self.root, self.resume_from = root, resume_from
         self.reports: list[tuple[dict[str, Any], Path | None]] = []
 
-    def report(self, metrics: dict[str, Any], checkpoint: ray.train.Checkpoint | None = None) -> None:
+    def report(self, metrics: dict[str, Any], folder: Path | None = None) -> None:
         kept = None
-        if checkpoint is not None:  # the loop deletes its folder once report returns
+        if folder is not None:  # the loop deletes its folder once report returns
             kept = self.root / f"checkpoint_{len(self.reports)}"
-            shutil.copytree(checkpoint.path, kept)
+            shutil.copytree(folder, kept)
         self.reports.append((dict(metrics), kept))
 
     def get_checkpoint(self) -> ray.train.Checkpoint | None:
         return ray.train.Checkpoint.from_directory(str(self.resume_from)) if self.resume_from else None
 
-
-class OneWorker:
-    def get_world_rank(self) -> int:
-        return 0
-
-    def get_world_size(self) -> int:
-        return 1
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
 
 
-def run_loop(monkeypatch, config: dict[str, Any], session: FakeSession) -> list[tuple[dict[str, Any], Path | None]]:
-    monkeypatch.setattr(ray.train, "get_context", OneWorker)
-    monkeypatch.setattr(ray.train, "report", session.report)
-    monkeypatch.setattr(ray.train, "get_checkpoint", session.get_checkpoint)
-    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
-    loop.train_loop_per_worker(config)
+def run_loop(config: dict[str, Any], session: FakeSession) -> list[tuple[dict[str, Any], Path | None]]:
+    loop.run_loop(config, session)
     return session.reports
 
 
 @pytest.mark.parametrize("variant", ["lora", "sora"])
-def test_each_evaluation_checkpoints_and_a_restart_continues_exactly(variant, tiny_model_dir, tmp_path, monkeypatch):
+def test_each_evaluation_checkpoints_and_a_restart_continues_exactly(variant, tiny_model_dir, tmp_path):
     config = worker_config(tiny_model_dir, tmp_path, variant=variant)
-    whole = run_loop(monkeypatch, config, FakeSession(tmp_path / "whole"))
+    whole = run_loop(config, FakeSession(tmp_path / "whole"))
     assert [m["step"] for m, _ in whole] == [4, 8, 12]  # 96 examples / batch 8, evaluated every 4 steps
     assert [m["evaluation"] for m, _ in whole] == [1, 2, 3]
     assert [m["final"] for m, _ in whole] == [False, False, True]
@@ -76,7 +69,7 @@ def test_each_evaluation_checkpoints_and_a_restart_continues_exactly(variant, ti
     assert all("resumed_from_step" not in m for m, _ in whole)
 
     # A restarted worker given the step-4 checkpoint: the same remaining steps, the same numbers.
-    restarted = run_loop(monkeypatch, config, FakeSession(tmp_path / "again", resume_from=whole[0][1]))
+    restarted = run_loop(config, FakeSession(tmp_path / "again", resume_from=whole[0][1]))
     assert [(m["step"], m["evaluation"], m["resumed_from_step"]) for m, _ in restarted] == [(8, 2, 4), (12, 3, 4)]
     for (expected, _), (actual, _) in zip(whole[1:], restarted):
         for key in ("val_loss", "val_accuracy", "train_loss", "lr", "adapter_params"):
@@ -99,7 +92,7 @@ def test_a_nan_loss_ends_the_trial_as_diverged_without_a_loss_value(tiny_model_d
         return task
 
     monkeypatch.setattr(loop, "make_task", make_task_with_nan_at_step_6)
-    reports = run_loop(monkeypatch, worker_config(tiny_model_dir, tmp_path), FakeSession(tmp_path / "nan"))
+    reports = run_loop(worker_config(tiny_model_dir, tmp_path), FakeSession(tmp_path / "nan"))
     assert [m["step"] for m, _ in reports] == [4, 6]
     last, checkpoint = reports[-1]
     assert last["diverged"] is True and last["final"] is True and checkpoint is None
