@@ -35,7 +35,7 @@ def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
     config = trial_config(base, sampled)
     resources = config["resources"]
     use_gpu = resources["gpus_per_worker"] > 0
-    if resources["inline_single_worker"] and resources["workers_per_trial"] == 1:
+    if resources["inline"]:
         # Tune itself retries the function (its FailureConfig, from train.max_failures) and
         # hands the retried run its last checkpoint.
         try:
