@@ -53,7 +53,7 @@ def run(
     restart: bool = typer.Option(False, "--restart", help="Delete this search's earlier results and start over"),
     resume_: bool = typer.Option(False, "--resume", help="Continue this search's earlier results (as `raysearch resume`)"),
 ) -> None:
-    """Run a search: Ray Tune + Optuna over the space, one Ray Train run per trial."""
+    """Run a search: Ray Tune + Optuna over the space, each trial a training run (Ray Train for multi-worker)."""
     spec = load_or_exit(space, set_, name=name, num_trials=num_trials, mlflow_uri=mlflow_uri, storage=storage)
     storage_dir = spec.storage_dir  # a local path or a URI (s3://, gs://, file://)
     overwrite = overwrite or restart

@@ -19,8 +19,10 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -240,12 +242,17 @@ class MlflowTracking(Callback):
         self._last_results: dict[str, dict] = {}
         self._client_obj: MlflowClient | None = None
         self._logged_through: dict[str, int] = {}  # trial_id -> last step its run has, for restarted trials
+        self._parent_lock = threading.Lock()
+        self._opening: Future | None = None  # `setup`'s background ensure_parent
 
-    # Tune pickles the run config (with its callbacks) for `Tuner.restore`: leave the client out.
+    # Tune pickles the run config (with its callbacks) for `Tuner.restore`: leave the client
+    # (and the lock and thread) out.
     def __getstate__(self) -> dict:
+        self._wait_opening()  # a copy carries the parent run's id
         state = self.__dict__.copy()
         state["_client_obj"] = None
         state["_logged_through"] = {}  # read again from MLflow by the process that restores it
+        state["_parent_lock"] = state["_opening"] = None
         return state
 
     # `raysearch resume --mlflow-uri` (a moved store): Tune unpickles the callbacks it saved,
@@ -255,6 +262,7 @@ class MlflowTracking(Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_logged_through", {})  # pickled by a version without it
+        self._parent_lock, self._opening = threading.Lock(), None
         if MlflowTracking.uri_override:
             self.mlflow_uri = MlflowTracking.uri_override
 
@@ -267,7 +275,12 @@ class MlflowTracking(Callback):
     # ---- parent run
 
     def ensure_parent(self) -> str:
-        """Create (or reopen) the parent run and return its id; safe to call any number of times."""
+        """Create (or reopen) the parent run and return its id; safe to call any number of
+        times, from any thread (one caller creates it, the others wait)."""
+        with self._parent_lock:
+            return self._ensure_parent()
+
+    def _ensure_parent(self) -> str:
         client = self._client
         if self.experiment_id is None:
             experiment = client.get_experiment_by_name(self.experiment_name)
@@ -297,7 +310,21 @@ class MlflowTracking(Callback):
         return self.parent_run_id
 
     def setup(self, **info: Any) -> None:
-        self.ensure_parent()
+        """Open the parent run in the background: a new SQLite store spends ~4 s in MLflow's
+        schema migrations, which now overlap the first trial process's start and imports
+        (docs/benchmarks.md §1). Every hook that needs the parent waits for it in
+        `ensure_parent`, and an error there is raised again by the next call."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raysearch-mlflow")
+        self._opening = pool.submit(self.ensure_parent)
+        pool.shutdown(wait=False)  # the thread ends when ensure_parent returns
+
+    def _wait_opening(self) -> None:
+        """Let `setup`'s thread finish, so nothing creates a parent after `close`."""
+        if self._opening is not None:
+            try:
+                self._opening.result()
+            except Exception:  # noqa: BLE001 - reported by the caller's own ensure_parent
+                pass
 
     def _parent_by_search_id(self, experiment_id: str) -> str | None:
         """The parent run an earlier driver of this search recorded (tagged with its search id)."""
@@ -355,6 +382,8 @@ class MlflowTracking(Callback):
         if getattr(self, "_reconciled", False):
             return
         self._reconciled = True
+        if any(str(getattr(trial, "status", "")) in ("TERMINATED", "ERROR") for trial in trials):
+            self.ensure_parent()  # a resumed search: _find_child needs the experiment
         for trial in trials:
             state = str(getattr(trial, "status", ""))
             run = self._find_child(str(trial.trial_id)) if state in ("TERMINATED", "ERROR") else None
@@ -469,6 +498,7 @@ class MlflowTracking(Callback):
         Children without a final status become KILLED with raysearch.status=error;
         the parent gets `status` ("FINISHED", "FAILED" or "KILLED").
         """
+        self._wait_opening()
         client = self._client
         if self.parent_run_id is None and self.search_id:  # a resumed search: its parent by tag
             experiment = client.get_experiment_by_name(self.experiment_name)

@@ -134,7 +134,8 @@ def init_ray(spec: Spec) -> int:
                 num_cpus=cpus + concurrency * extra_function_cpus(spec),
                 # Ray Train's placement-group cleaner needs the state API, which the
                 # dashboard serves; bound to loopback so nothing listens beyond it.
-                include_dashboard=True,
+                # Searches whose trials all train inline never start Ray Train.
+                include_dashboard=not spec.resources.inline,
                 dashboard_host="127.0.0.1",
                 log_to_driver=False,
             )

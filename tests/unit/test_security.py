@@ -55,16 +55,19 @@ def test_yaml_tags_that_run_code_are_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_local_ray_serves_its_dashboard_on_loopback_only(monkeypatch):
+@pytest.mark.parametrize("inline", [True, False])
+def test_local_ray_serves_its_dashboard_on_loopback_only(monkeypatch, inline):
+    """On loopback, and only when trials use Ray Train (whose cleaner needs the state API)."""
     import ray
 
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    tuner.init_ray(spec_from_dict(MINIMAL))
+    tuner.init_ray(spec_from_dict({**MINIMAL, "resources": {"inline_single_worker": inline}}))
     (kwargs,) = calls
     assert kwargs["address"] == "local" and kwargs["dashboard_host"] == "127.0.0.1"
+    assert kwargs["include_dashboard"] is (not inline)
 
 
 def test_cluster_head_dashboard_is_on_loopback():

@@ -287,3 +287,44 @@ def test_callback_pickles_without_its_client(callback: MlflowTracking) -> None:
     copy = pickle.loads(pickle.dumps(callback))
     assert copy.parent_run_id == callback.parent_run_id
     assert copy.ensure_parent() == callback.parent_run_id
+
+
+def test_setup_opens_the_parent_in_the_background(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`setup` returns while the parent run is still being opened (a new store's migrations
+    take seconds); the first hook that needs it waits, and exactly one parent is made."""
+    import threading
+
+    opened = threading.Event()
+    ensure = MlflowTracking._ensure_parent
+
+    def slow_ensure(self: MlflowTracking) -> str:
+        assert opened.wait(30)
+        return ensure(self)
+
+    monkeypatch.setattr(MlflowTracking, "_ensure_parent", slow_ensure)
+    cb = _new_callback(uri)  # calls setup()
+    assert cb.parent_run_id is None and not cb._opening.done()
+    threading.Timer(0.5, opened.set).start()
+    trial = FakeTrial("t0", {"variant": "lora", "rank": 8})
+    cb.on_trial_start(0, [], trial)
+    client = MlflowClient(tracking_uri=uri)
+    run = _runs_by_trial(client, cb)["t0"]
+    assert run.data.tags["mlflow.parentRunId"] == cb.parent_run_id
+    assert len(client.search_runs([cb.experiment_id], "tags.\"raysearch.role\" = 'search'")) == 1
+
+
+def test_close_right_after_setup_leaves_no_parent_running(uri: str) -> None:
+    cb = _new_callback(uri)
+    cb.close("KILLED")  # Ctrl-C before any trial started
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(cb.parent_run_id).info.status == "KILLED"
+
+
+def test_an_error_opening_the_parent_is_raised_by_the_next_hook(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: MlflowTracking) -> str:
+        raise RuntimeError("the tracking store is gone")
+
+    monkeypatch.setattr(MlflowTracking, "_ensure_parent", broken)
+    cb = _new_callback(uri)
+    with pytest.raises(RuntimeError, match="tracking store is gone"):
+        cb.on_trial_start(0, [], FakeTrial("t0", {"variant": "lora", "rank": 8}))
