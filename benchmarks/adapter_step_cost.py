@@ -12,6 +12,8 @@ fraction of the whole measured run.
 
     python benchmarks/adapter_step_cost.py            # full: ~10 min on 2 CPU cores
     python benchmarks/adapter_step_cost.py --quick    # seconds; what the test runs
+    python benchmarks/adapter_step_cost.py --models llama-4x256 --variants rora salora sora --rounds 15 --steps 10
+        # a longer look at a few variants on one model (~? min)
 """
 from __future__ import annotations
 
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps per round")
     parser.add_argument("--variants", nargs="*", default=None)
+    parser.add_argument("--models", nargs="*", default=None, help="minilm-l6 and/or llama-4x256 (default both)")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     variants = ["lora"] + [v for v in (args.variants or sorted(ADAPTERS)) if v != "lora"]
     rows: list[dict[str, Any]] = []
     for case in cases(args.quick):
+        if args.models and not args.quick and case.name not in args.models:
+            continue
         rows += report(case, args.rank, measure(case, variants, args.rank, rounds, steps))
     print_table(rows)
     print(f"\nrank {args.rank}, {rounds} rounds x {steps} steps, interleaved; x LoRA = median per-round ratio. "

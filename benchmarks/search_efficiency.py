@@ -1,7 +1,7 @@
 """Search efficiency: the hypervolume each sampler reaches after k trials, and the steps ASHA saves.
 
 Part `table` (samplers). The objective is a lookup table of real trainings made in the same
-run, not a training per trial: every configuration of a small discrete space (variant
+run, not a training per trial: every configuration of a small discrete space (96: variant
 lora/rora x rank 2..64 x alpha x lr) is trained once, in this process (the real worker
 loop in Ray Train's local mode), with MiniLM on an SST-2 subsample; its final
 val_accuracy and adapter_params are the table. Then each sampler raysearch builds
@@ -16,20 +16,22 @@ reference point (accuracy 0.5, 1.1 x the table's largest adapter_params), shown 
 fraction of the whole table's front. Target: a sampler's mean hypervolume reaches
 random's mean 64-trial hypervolume within 32 trials.
 
-Part `asha`. Two real `raysearch run` searches of the same space, sampler and seed and
-number of trials: early_stopping asha (the experiment file's defaults: val_loss, grace 1,
-reduction factor 3) vs none. The sampler is `random`, so both searches train the same
-configurations and differ only in the stopping (TPE would be told the stopped trials'
-early numbers and propose other ones). Trial-steps: the sum of each trial's last reported
-`step`, read from Tune's results in the search's storage; best val_accuracy: the best
-trial that ran to the end (what `raysearch export --best` picks). Targets: ASHA spends at
-most 50% of the steps, its best accuracy within 0.5 point.
+Part `asha`. Real `raysearch run` searches of the same space, sampler, seed and number of
+trials: no early stopping, then ASHA (val_loss, reduction factor 3, the experiment file's
+defaults) at each grace period asked for (1, the default, and 2 evaluations). The sampler is
+`random`, so every search trains the same configurations and they differ only in the
+stopping (TPE would be told the stopped trials' early numbers and propose other ones).
+Trial-steps: the sum of each trial's last reported `step`, read from Tune's results in the
+search's storage; best val_accuracy: the best trial that ran to the end (what
+`raysearch export --best` picks). Targets: ASHA spends at most 50% of the steps, its best
+accuracy within 0.5 point.
 
-    python benchmarks/search_efficiency.py              # full: ~12 min on 2 CPU cores. table: 48 configurations,
-        # each 16 steps (256 SST-2 train examples, batch 16, max_length 32) and scored on 256 dev examples;
-        # 5 seeds x 64 trials per sampler. asha: 2 searches of 8 trials, 24 steps (384 train examples),
-        # 4 evaluations on 128 dev examples, max_concurrent 2
-    python benchmarks/search_efficiency.py --part table # only the samplers (~7 min)
+    python benchmarks/search_efficiency.py              # full: ~50 min on 2 CPU cores. table: 96 configurations,
+        # each 48 steps (768 SST-2 train examples, batch 16, max_length 32) and scored on 256 dev examples;
+        # 5 seeds x 64 trials per sampler. asha: 3 searches (none, grace 1, grace 2) of 16 trials, 96 steps
+        # (1536 train examples), 8 evaluations on 256 dev examples, max_concurrent 2
+    python benchmarks/search_efficiency.py --part table # only the samplers (~32 min)
+    python benchmarks/search_efficiency.py --part asha  # only ASHA (~16 min)
     python benchmarks/search_efficiency.py --quick      # 4-configuration table of 2-step trainings, 1-trial searches
 """
 from __future__ import annotations
@@ -56,7 +58,11 @@ from raysearch.space import define_by_run, make_sampler  # noqa: E402
 from raysearch.spec import spec_from_dict  # noqa: E402
 
 SAMPLERS = ("tpe", "nsga2", "random")
-CHOICES = {"variant": ["lora", "rora"], "rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 32], "lr": [2e-3, 6e-3]}
+# The table's space has more configurations (96) than a study has trials (64), so random
+# search does not simply enumerate it; the ASHA searches sample a smaller one.
+CHOICES = {"variant": ["lora", "rora"], "rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 32],
+           "lr": [1e-3, 2e-3, 4e-3, 6e-3]}
+ASHA_CHOICES = {"variant": ["lora", "rora"], "rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 32], "lr": [2e-3, 6e-3]}
 QUICK_CHOICES = {"variant": ["lora", "rora"], "rank": [2, 4], "alpha": [8], "lr": [4e-3]}
 SENSES = ["max", "min"]  # val_accuracy, adapter_params
 REACH_BY, STEPS_TARGET, ACCURACY_TARGET = 32, 0.5, 0.005
@@ -163,6 +169,16 @@ def last_results(tune_dir: Path) -> tuple[list[dict[str, Any]], int]:
     return [trial.last_result for trial in trials], sum(trial.status == "ERROR" for trial in trials)
 
 
+def asha_experiments(data: Path, sizes: harness.Sizes, search: dict[str, Any],
+                     graces: list[int]) -> dict[str, dict[str, Any]]:
+    """The search without early stopping, then ASHA at each grace period (in evaluations)."""
+    stopping = {"none": {"scheduler": "none"}} | {
+        f"asha g={grace}": {"scheduler": "asha", "grace_period": grace} for grace in graces}
+    return {name: harness.experiment(f"asha-{name.replace(' ', '').replace('=', '')}", data, sizes,
+                                     {**search, "early_stopping": rule})
+            for name, rule in stopping.items()}
+
+
 def asha_rows(experiments: dict[str, dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:
     rows = []
     for scheduler, experiment in experiments.items():
@@ -177,8 +193,8 @@ def asha_rows(experiments: dict[str, dict[str, Any]], workdir: Path) -> list[dic
 
 
 def print_asha_part(rows: list[dict[str, Any]], sizes: harness.Sizes) -> None:
-    none, asha = (next(r for r in rows if r["scheduler"] == s) for s in ("none", "asha"))
-    print(f"\nASHA vs no early stopping: {none['trials']} trials each, {sizes.describe()}")
+    none = next(r for r in rows if r["scheduler"] == "none")
+    print(f"\nASHA (reduction factor 3, val_loss) vs no early stopping: {none['trials']} trials each, {sizes.describe()}")
     print(f"{'scheduler':<10} {'trials':>6} {'stopped':>7} {'trial-steps':>11} {'best val_acc':>12} {'wall s':>7}")
     for r in rows:
         print(f"{r['scheduler']:<10} {r['trials']:>6} {r['stopped_early']:>7} {r['trial_steps']:>11} "
@@ -187,10 +203,15 @@ def print_asha_part(rows: list[dict[str, Any]], sizes: harness.Sizes) -> None:
         if r["errored"]:
             print(f"WARNING: {r['errored']} trial(s) of the {r['scheduler']} search ended in an error; "
                   "the comparison is not valid")
-    steps = asha["trial_steps"] / max(1, none["trial_steps"])
-    points = 100 * (asha["best_val_accuracy"] - none["best_val_accuracy"])
-    print(f"ASHA steps / none: {steps:.2f} (target <= {STEPS_TARGET:.2f}); best accuracy, ASHA - none: {points:+.1f} "
-          f"points (target >= {-100 * ACCURACY_TARGET:.1f}); wall time ASHA / none: {asha['wall_s'] / none['wall_s']:.2f}")
+    for asha in rows:
+        if asha is none:
+            continue
+        steps = asha["trial_steps"] / max(1, none["trial_steps"])
+        points = 100 * (asha["best_val_accuracy"] - none["best_val_accuracy"])
+        met = steps <= STEPS_TARGET and points >= -100 * ACCURACY_TARGET
+        print(f"{asha['scheduler']}: steps / none {steps:.2f} (target <= {STEPS_TARGET:.2f}); best accuracy - none "
+              f"{points:+.1f} points (target >= {-100 * ACCURACY_TARGET:.1f}); wall time / none "
+              f"{asha['wall_s'] / none['wall_s']:.2f}; targets {'met' if met else 'missed'}")
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -201,7 +222,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--quick", action="store_true", help="a 4-configuration table, 1-trial searches, 2-4 steps each")
     parser.add_argument("--part", choices=["all", "table", "asha"], default="all")
     parser.add_argument("--seeds", type=int, default=None, help="sampler seeds (at least 3)")
-    parser.add_argument("--asha-trials", type=int, default=None, help="trials in each of the two searches")
+    parser.add_argument("--asha-trials", type=int, default=None, help="trials in each ASHA part search")
+    parser.add_argument("--asha-grace", type=int, nargs="+", default=None,
+                        help="ASHA grace periods (evaluations) to compare with no stopping (default 1 2; quick 1)")
     parser.add_argument("--data", type=Path, default=harness.SST2, help="SST-2 folder (train.tsv, dev.tsv)")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
@@ -209,9 +232,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     choices = QUICK_CHOICES if args.quick else CHOICES
     ks = [2, 4, 8] if args.quick else [8, 16, 32, 64]
     seeds = list(range(args.seeds or (3 if args.quick else 5)))
-    table_sizes = harness.Sizes(train_examples=32 if args.quick else 256, eval_examples=32 if args.quick else 256)
-    asha_sizes = harness.Sizes(train_examples=64 if args.quick else 384, eval_examples=32 if args.quick else 128,
-                               evaluations=2 if args.quick else 4)
+    table_sizes = harness.Sizes(train_examples=32 if args.quick else 768, eval_examples=32 if args.quick else 256)
+    asha_sizes = harness.Sizes(train_examples=64 if args.quick else 1536, eval_examples=32 if args.quick else 256,
+                               evaluations=2 if args.quick else 8)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="raysearch-search-efficiency-") as tmp:
         if args.part in ("all", "table"):
@@ -222,15 +245,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print_table_part(table_part, ks, len(seeds), table)
             rows += table_part
         if args.part in ("all", "asha"):
-            search = {"sampler": "random", "seed": 0, "num_trials": args.asha_trials or (1 if args.quick else 8),
-                      "max_concurrent": 2, "space": space_of(choices)}
-            experiments = {scheduler: harness.experiment(f"asha-{scheduler}", args.data, asha_sizes,
-                                                         {**search, "early_stopping": {"scheduler": scheduler}})
-                           for scheduler in ("none", "asha")}
-            asha_part = asha_rows(experiments, Path(tmp))
+            search = {"sampler": "random", "seed": 0, "num_trials": args.asha_trials or (1 if args.quick else 16),
+                      "max_concurrent": 2, "space": space_of(QUICK_CHOICES if args.quick else ASHA_CHOICES)}
+            graces = args.asha_grace or ([1] if args.quick else [1, 2])
+            asha_part = asha_rows(asha_experiments(args.data, asha_sizes, search, graces), Path(tmp))
             print_asha_part(asha_part, asha_sizes)
             rows += asha_part
-    print(f"\nmodel {harness.MODEL}, data {args.data}; space {json.dumps(choices)}")
+    print(f"\nmodel {harness.MODEL}, data {args.data}; table space {json.dumps(choices)}"
+          + ("" if args.quick else f"; ASHA space {json.dumps(ASHA_CHOICES)}"))
     return harness.keep(rows, args.json)
 
 

@@ -77,6 +77,6 @@ def test_overhead_quick(capsys):
 @pytest.mark.integration
 def test_search_efficiency_asha_quick(capsys):
     rows = load("search_efficiency").main(["--quick", "--part", "asha"])
-    assert [r["scheduler"] for r in rows] == ["none", "asha"]
+    assert [r["scheduler"] for r in rows] == ["none", "asha g=1"]
     assert [(r["trials"], r["errored"], r["trial_steps"]) for r in rows] == [(1, 0, 4)] * 2  # 1 trial of 4 steps
-    assert "ASHA steps / none" in capsys.readouterr().out
+    assert "asha g=1: steps / none" in capsys.readouterr().out
