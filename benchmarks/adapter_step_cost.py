@@ -13,7 +13,7 @@ fraction of the whole measured run.
     python benchmarks/adapter_step_cost.py            # full: ~10 min on 2 CPU cores
     python benchmarks/adapter_step_cost.py --quick    # seconds; what the test runs
     python benchmarks/adapter_step_cost.py --models llama-4x256 --variants rora salora sora --rounds 15 --steps 10
-        # a longer look at a few variants on one model (~? min)
+        # a longer look at a few variants on one model
 """
 from __future__ import annotations
 
