@@ -26,11 +26,11 @@ search's storage; best val_accuracy: the best trial that ran to the end (what
 `raysearch export --best` picks). Targets: ASHA spends at most 50% of the steps, its best
 accuracy within 0.5 point.
 
-    python benchmarks/search_efficiency.py              # full: ~37 min on 2 CPU cores. table: 64 configurations,
+    python benchmarks/search_efficiency.py              # full: ~31 min on 2 CPU cores. table: 64 configurations,
         # each 48 steps (768 SST-2 train examples, batch 16, max_length 32) and scored on 256 dev examples;
         # 5 seeds x 64 trials per sampler. asha: 3 searches (none, grace 1, grace 2) of 16 trials, 96 steps
         # (1536 train examples), 8 evaluations on 256 dev examples, max_concurrent 2
-    python benchmarks/search_efficiency.py --part table # only the samplers (~21 min)
+    python benchmarks/search_efficiency.py --part table # only the samplers (~16 min)
     python benchmarks/search_efficiency.py --part asha  # only ASHA (~16 min)
     python benchmarks/search_efficiency.py --quick      # 4-configuration table of 2-step trainings, 1-trial searches
 """
