@@ -173,11 +173,12 @@ def last_results(tune_dir: Path) -> tuple[list[dict[str, Any]], int]:
 def asha_experiments(data: Path, sizes: harness.Sizes, search: dict[str, Any],
                      graces: list[int]) -> dict[str, dict[str, Any]]:
     """The search without early stopping, then ASHA at each grace period (in evaluations)."""
-    stopping = {"none": {"scheduler": "none"}} | {
-        f"asha g={grace}": {"scheduler": "asha", "grace_period": grace} for grace in graces}
-    return {name: harness.experiment(f"asha-{name.replace(' ', '').replace('=', '')}", data, sizes,
-                                     {**search, "early_stopping": rule})
-            for name, rule in stopping.items()}
+    def search_with(name: str, stopping: dict[str, Any]) -> dict[str, Any]:
+        return harness.experiment(name, data, sizes, {**search, "early_stopping": stopping})
+
+    return {"none": search_with("asha-none", {"scheduler": "none"})} | {
+        f"asha g={grace}": search_with(f"asha-g{grace}", {"scheduler": "asha", "grace_period": grace})
+        for grace in graces}
 
 
 def asha_rows(experiments: dict[str, dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:

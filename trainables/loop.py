@@ -207,6 +207,7 @@ def report(session: Session, metrics: dict[str, Any], write: Callable[[Path], An
     """Report `metrics` with a checkpoint whose folder `write` fills. Every worker holds the
     same state, so rank 0 alone writes; every worker reports."""
     with tempfile.TemporaryDirectory() as tmp:
-        if session.rank == 0:
-            write(Path(tmp))
-        session.report(metrics, Path(tmp) if session.rank == 0 else None)
+        folder = Path(tmp) if session.rank == 0 else None
+        if folder is not None:
+            write(folder)
+        session.report(metrics, folder)

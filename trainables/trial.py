@@ -74,7 +74,8 @@ LAST_LINE_CHARS = 200
 
 
 class TrialFailed(RuntimeError):
-    """A trial's Ray Train run failed for good (after its retries)."""
+    """A trial's training failed: its Ray Train run after that run's own retries, or one
+    attempt of an inline trial (which Tune then retries, up to train.max_failures)."""
 
 
 def failure_summary(error: BaseException, max_failures: int) -> str:
