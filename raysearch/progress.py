@@ -63,6 +63,8 @@ class LiveProgress(tune.Callback):
         if self.live is not None:
             self.live.stop()
             self.live = None
+            if not self.console.is_terminal:
+                self.console.line()  # rich ends the last frame with a newline on a terminal only
 
     def log_line(self, trial: Any) -> None:
         """Without a terminal (CI, logs) the live table is not redrawn: print one line per trial."""

@@ -6,10 +6,12 @@ closed with a status and Ray is shut down.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
 
+import optuna
 import ray
 from rich.console import Console
 
@@ -39,6 +41,15 @@ def flat_params(spec: Spec) -> dict[str, str]:
 TRAIN_POLL_INTERVAL_S = 0.2
 
 
+def quiet_libraries() -> None:
+    """The search's own lines are what a user reads: the libraries' start-up INFO lines
+    (Optuna's "study created", MLflow's "creating database tables", Ray's "started a local
+    instance" and Tune's "wrote the result files") are dropped; their warnings stay."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def ray_environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live view replaces Tune's tables
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -52,6 +63,7 @@ def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite:
     """Run the search. Raises ClusterSetupError (Ray shut down, nothing written, earlier
     results kept even with `overwrite`) when the cluster joined cannot run it."""
     ray_environment()
+    quiet_libraries()
     concurrency = init_ray(spec)
     storage_dir = str(storage_dir)  # a local path or a URI
     if overwrite and storage.exists(storage_dir):
@@ -84,6 +96,7 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
     continued; runs the stopped driver left RUNNING are closed first (KILLED, with a reason).
     """
     ray_environment()
+    quiet_libraries()
     storage_dir = str(storage_dir)
     search_id = json.loads(storage.read_text(storage_dir, SEARCH_FILE) or "{}").get("search_id")
     init_ray(spec)

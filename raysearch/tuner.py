@@ -4,6 +4,8 @@ The only module that builds Tune objects.
 """
 from __future__ import annotations
 
+import logging
+
 import os
 from typing import Any, Sequence
 
@@ -124,7 +126,7 @@ def init_ray(spec: Spec) -> int:
         address = os.environ.get("RAY_ADDRESS")
         if address:
             check_address(address)
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             cpus = os.cpu_count() or 1
             concurrency = effective_concurrency(spec, cpus)
@@ -138,6 +140,7 @@ def init_ray(spec: Spec) -> int:
                 include_dashboard=not spec.resources.inline,
                 dashboard_host="127.0.0.1",
                 log_to_driver=False,
+                logging_level=logging.WARNING,  # Ray's and Tune's INFO lines (search.quiet_libraries)
             )
             return concurrency
     try:
