@@ -241,7 +241,7 @@ class MlflowTracking(Callback):
         self._run_ids: dict[str, str] = {}  # trial_id -> child run id
         self._last_results: dict[str, dict] = {}
         self._client_obj: MlflowClient | None = None
-        self._logged_through: dict[str, int] = {}  # trial_id -> last step its run has, for restarted trials
+        self._logged_through: dict[str, int] = {}  # trial_id -> last step its run holds
         self._parent_lock = threading.Lock()
         self._opening: Future | None = None  # `setup`'s background ensure_parent
 
@@ -364,6 +364,7 @@ class MlflowTracking(Callback):
         client = self._client
         run = self._find_child(trial_id)
         if run is None:
+            self._logged_through[trial_id] = -1  # a new run holds no step
             run = client.create_run(
                 self.experiment_id,
                 run_name=trial_id,
@@ -406,15 +407,17 @@ class MlflowTracking(Callback):
         metrics = _metrics_from_result(result, extra_keys=self.objectives)
         if not metrics:
             return
-        step, now = _result_step(result), int(time.time() * 1000)
-        if "resumed_from_step" in result and step <= self._last_logged_step(str(trial.trial_id), run_id):
-            # A trial restarted from a checkpoint older than what its run already shows (Tune
-            # saves its experiment state every few seconds, a crash may fall in between)
-            # trains those steps again, to the same values: log each step once.
+        step, now, trial_id = _result_step(result), int(time.time() * 1000), str(trial.trial_id)
+        if step <= self._last_logged_step(trial_id, run_id):
+            # A restarted trial (killed process, retried error, resumed search) trains again
+            # from the newest checkpoint the driver knew of, or from the start when it knew
+            # none: steps its run already shows come again, with the same values. Log each once.
             return
         self._client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        self._logged_through[trial_id] = step
 
     def _last_logged_step(self, trial_id: str, run_id: str) -> int:
+        """The last step `run_id` holds; read from MLflow once per run this driver reopens."""
         if trial_id not in self._logged_through:
             history = self._client.get_metric_history(run_id, "adapter_params")  # in every report
             self._logged_through[trial_id] = max((m.step for m in history), default=-1)

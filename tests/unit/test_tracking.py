@@ -328,3 +328,19 @@ def test_an_error_opening_the_parent_is_raised_by_the_next_hook(uri: str, monkey
     cb = _new_callback(uri)
     with pytest.raises(RuntimeError, match="tracking store is gone"):
         cb.on_trial_start(0, [], FakeTrial("t0", {"variant": "lora", "rank": 8}))
+
+
+def test_a_trial_restarted_from_the_start_logs_each_step_once(callback: MlflowTracking, uri: str) -> None:
+    """An inline trial's process killed before the driver registered its first checkpoint:
+    Tune starts it again with no checkpoint, so it reports steps 10 and 20 again (with no
+    `resumed_from_step`). Its run keeps one value per step."""
+    trial = FakeTrial("t0", {"variant": "lora", "rank": 8})
+    callback.on_trial_start(0, [], trial)
+    _report(callback, trial, [_result(10, 0.5, 100), _result(20, 0.6, 100)])
+    callback.on_trial_start(0, [], trial)  # Tune's retry
+    _report(callback, trial, [_result(10, 0.5, 100), _result(20, 0.6, 100), _result(30, 0.7, 100, final=True)])
+    callback.on_trial_complete(0, [], trial)
+
+    client = MlflowClient(tracking_uri=uri)
+    run = _runs_by_trial(client, callback)["t0"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [10, 20, 30]
