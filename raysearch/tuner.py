@@ -192,6 +192,33 @@ def build_scheduler(spec: Spec) -> ASHAScheduler | FIFOScheduler:
     )
 
 
+class PruneFinishedCheckpoints(tune.Callback):
+    """Keeps the newest `keep` checkpoints of a finished inline trial, deleting the others.
+
+    Tune is not told to keep only that many (`CheckpointConfig(num_to_keep=None)` for inline
+    trials): it deletes old checkpoints as new ones come, but saves its experiment state
+    (what `raysearch resume` restores, with each trial's newest checkpoint then) only every
+    ≥10 s, so after a driver crash the checkpoint a trial would resume from could already
+    be gone (Tune then fails the trial). A finished trial is never resumed, so its older
+    checkpoints can go; a running or errored one keeps them all (DESIGN-NOTES.md)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        newest = getattr(trial, "checkpoint", None)
+        if newest is None:
+            return
+        from pyarrow import fs
+
+        filesystem, folder = newest.filesystem, newest.path.rstrip("/").rsplit("/", 1)[0]
+        found = filesystem.get_file_info(fs.FileSelector(folder))
+        checkpoints = sorted(info.path for info in found
+                             if info.type == fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        for path in checkpoints[:-self.keep]:
+            filesystem.delete_dir(path)
+
+
 def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
     storage_dir = str(storage_dir)  # a local path or a URI (s3://, gs://, file://): Tune takes both
     return tune.Tuner(
@@ -205,12 +232,14 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
         run_config=tune.RunConfig(
             name="tune",
             storage_path=storage_dir,
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *([PruneFinishedCheckpoints(spec.train.keep_checkpoints)]
+                                     if spec.resources.inline else [])],
             verbose=0,
             # A Ray Train run retries its own workers (trainables/trial.py); an inline
             # trial is retried by Tune, from its last checkpoint.
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures if spec.resources.inline else 0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if spec.resources.inline else spec.train.keep_checkpoints),
         ),
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -55,16 +56,36 @@ def train_checkpoint(run: Path) -> tuple[str, int] | None:
     return (latest["checkpoint_dir_name"], int(latest["metrics"]["step"])) if latest else None
 
 
+def written_step(checkpoint_dir: str) -> int:
+    """Tune numbers an inline trial's checkpoint folders 0, 1, ... in report order and the
+    trial reports every 4 steps, so checkpoint i holds step 4(i + 1) (the kills below come
+    before any restart renumbers them)."""
+    return EVAL_EVERY * (int(checkpoint_dir.rsplit("_", 1)[1]) + 1)
+
+
 def tune_checkpoint(trial: Path) -> tuple[str, int] | None:
-    """(directory, step) of the newest checkpoint an inline trial has written to Tune's trial
-    folder. Tune numbers them 0, 1, ... in report order and the trial reports every 4 steps,
-    so checkpoint i holds step 4(i + 1) (the kills below come before any restart renumbers
-    them). Tune's driver may not have registered the newest yet: a retry may get the one before."""
-    written = sorted(trial.glob(f"checkpoint_*/{STATE_FILE}"))
-    if not written:
+    """(directory, step) of an inline trial's newest checkpoint in Tune's saved experiment
+    state (saved every second here: TUNE_GLOBAL_CHECKPOINT_S). A checkpoint folder appears
+    before Tune's driver has registered it (a save round trip to the trial's process), and a
+    retry gets back only a registered one: one in the saved state is, or a newer one."""
+    trial_id = trial.name.removeprefix("run_trial_").split("_")[0]
+    try:
+        (state_file,) = trial.parent.glob("experiment_state-*.json")
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):  # not saved yet, or being written
         return None
-    name = written[-1].parent.name
-    return name, EVAL_EVERY * (int(name.rsplit("_", 1)[1]) + 1)
+    for trial_state, metadata in state["trial_data"]:
+        if json.loads(trial_state)["trial_id"] == trial_id:
+            manager = pickle.loads(bytes.fromhex(json.loads(metadata)["checkpoint_manager"]["value"]))
+            latest = manager.latest_checkpoint_result
+            return (Path(latest.checkpoint.path).name, int(latest.metrics["step"])) if latest else None
+    return None
+
+
+def newest_written(trial: Path) -> int:
+    """The step of the newest checkpoint folder an inline trial has written (registered or not)."""
+    written = sorted(trial.glob(f"checkpoint_*/{STATE_FILE}"))
+    return written_step(written[-1].parent.name) if written else 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +110,9 @@ class Killer(threading.Thread):
     def __init__(self, results: Path, runner: Runner, kills: list[int]) -> None:
         super().__init__(daemon=True)
         self.results, self.runner, self.kills, self.done = results, runner, kills, threading.Event()
-        self.log: list[tuple[str, int]] = []  # (trial folder, step of the checkpoint it had when killed)
+        # (trial folder, step of its newest registered checkpoint when killed, of its newest
+        # written one then: a retry continues from a step in between)
+        self.log: list[tuple[str, int, int]] = []
 
     def run(self) -> None:
         runs: list[Path] = []
@@ -101,7 +124,7 @@ class Killer(threading.Thread):
                     runs.append(run)
                     last_seen[run] = None
             for n, run in enumerate(runs):
-                if n >= len(self.kills) or [r for r, _ in self.log].count(run.name) >= self.kills[n]:
+                if n >= len(self.kills) or [r for r, *_ in self.log].count(run.name) >= self.kills[n]:
                     continue
                 latest = self.runner.latest(run)
                 workers = [w for w in processes(self.runner.worker_title) if w.pid not in killed]
@@ -110,7 +133,8 @@ class Killer(threading.Thread):
                     for worker in workers:
                         killed.add(worker.pid)
                         os.kill(worker.pid, signal.SIGKILL)
-                    self.log.append((run.name, latest[1]))
+                    written = newest_written(run) if self.runner.inline else latest[1]
+                    self.log.append((run.name, latest[1], written))
             time.sleep(0.05)
 
 
@@ -126,7 +150,8 @@ def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(r
         resources={"workers_per_trial": 1, "cpus_per_worker": 1, "inline_single_worker": runner.inline},
     )
     results, uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TRAIN_V2_ENABLED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TRAIN_V2_ENABLED": "1", "RAY_USAGE_STATS_ENABLED": "0",
+           "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune's saved state: what tune_checkpoint reads
     env.pop("RAY_ADDRESS", None)
     # The first trial loses its worker once (1 retry left: it resumes), the second twice (it errors).
     killer = Killer(results, runner, kills=[1, 2])
@@ -137,7 +162,7 @@ def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(r
     finally:
         killer.done.set()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert [n for n, _ in killer.log].count(killer.log[0][0]) == 1 and len(killer.log) == 3, killer.log
+    assert [n for n, *_ in killer.log].count(killer.log[0][0]) == 1 and len(killer.log) == 3, killer.log
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("faults")
@@ -150,17 +175,21 @@ def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(r
     steps = [m.step for m in client.get_metric_history(first.info.run_id, "val_loss")]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS, steps  # no step evaluated twice
     resumed_from = client.get_metric_history(first.info.run_id, "resumed_from_step")
-    killed_at = killer.log[0][1]  # the step of the newest checkpoint when its worker was killed
+    _, killed_at, written = killer.log[0]  # the newest registered and written checkpoints' steps at the kill
     assert resumed_from, f"the retried worker started again from step 0: {killer.log}, {steps}"
-    # Ray Train hands back only registered checkpoints; Tune's driver may not yet have
-    # registered the newest folder the killer saw, and then the retry gets the one before.
-    allowed = {killed_at} if not runner.inline else {killed_at, killed_at - EVAL_EVERY} - {0}
+    # Ray Train's snapshot is written as it registers a checkpoint: the retry gets exactly
+    # that one. Tune's saved state lags its registrations (by up to a second here), so an
+    # inline retry gets that one or a newer one the driver registered before the kill.
     (resumed,) = {m.value for m in resumed_from}
-    assert resumed in allowed and min(m.step for m in resumed_from) > resumed, (killer.log, resumed_from)
+    assert killed_at <= resumed <= written and (runner.inline or resumed == killed_at), (killer.log, resumed_from)
+    assert min(m.step for m in resumed_from) > resumed, (killer.log, resumed_from)
     if not runner.inline:
         train_dir = results / "faults" / "train" / f"train-{first.data.tags['raysearch.trial_id']}"
         snapshot = json.loads((train_dir / "checkpoint_manager_snapshot.json").read_text())
         assert len(snapshot["checkpoint_results"]) == 2  # train.keep_checkpoints
+    else:  # Tune kept all while the trial ran; once it finished, raysearch pruned them
+        (trial_dir,) = (results / "faults" / "tune").glob(f"run_trial_{first.data.tags['raysearch.trial_id']}_*")
+        assert len(list(trial_dir.glob("checkpoint_*"))) == 2  # train.keep_checkpoints
 
     # Killed again after its one retry: an error that says what happened, not a hang.
     assert second.data.tags["raysearch.status"] == "error"
