@@ -39,6 +39,9 @@ trial evaluated (reported, checkpointed) the same number of times.
     python benchmarks/overhead.py            # full: 4 trials of 16, then of 64 steps (MiniLM, SST-2: 256 / 1,024
                                              #   train and 128 dev examples, batch 16, 4 evaluations), each
                                              #   length: plain, inline, ray_train; ~15 min on 2 CPU cores
+    python benchmarks/overhead.py --runners inline --steps 64 --repeats 3
+                                             # 3 pairs of runs, alternating, of the default runner at 64
+                                             #   steps: how much the ratio moves from run to run; ~10 min
     python benchmarks/overhead.py --quick    # 1 trial of 4 steps, inline only: checks the script runs;
                                              #   under a minute
 """
@@ -263,6 +266,14 @@ def compare(runner: str, steps: int, trials: int, evaluations: int, ray: dict[st
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose ratio is the median (the lower middle one for an even count), with
+    every run's ratio in run order: separate processes on a shared machine differ by a few
+    percent from run to run, and one pair of runs cannot show how much."""
+    middle = sorted(runs, key=lambda run: run["ratio"])[(len(runs) - 1) // 2]
+    return {**middle, "ratios": [run["ratio"] for run in runs]}
+
+
 def print_comparison(row: dict[str, Any]) -> None:
     print(f"\n{row['runner']}: {row['trials']} trial(s) x {row['steps']} steps, {row['evaluations']} evaluations each")
     print(f"{'':<84} {'raysearch s':>11} {'plain s':>8} {'extra s':>8}")
@@ -271,6 +282,9 @@ def print_comparison(row: dict[str, Any]) -> None:
         print(f"{label:<84} {cell['raysearch_s']:>11.1f} {cell['plain_s']:>8.1f} "
               f"{cell['raysearch_s'] - cell['plain_s']:>8.1f}")
     print(f"ratio raysearch / plain: {row['ratio']:.2f}x (target <= {TARGET:.2f}x)")
+    if len(row["ratios"]) > 1:
+        print(f"ratios of the {len(row['ratios'])} pairs of runs, in order: "
+              f"{', '.join(f'{ratio:.2f}x' for ratio in row['ratios'])}; the table is the median run")
     print(f"fixed extra per search {row['fixed_extra_s']:.1f} s; extra per trial {row['per_trial_extra_s']:.1f} s "
           f"(plain trial {row['plain_trial_s']:.1f} s)")
     print(f"reporting + checkpointing, estimated (training row, raysearch - plain): "
@@ -296,8 +310,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))
     parser.add_argument("--runners", nargs="+", choices=RUNNERS, default=None,
                         help="how raysearch trains 1-worker trials (default: both; --quick: inline)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="pairs of runs per trial length and runner (plain and raysearch alternate); "
+                             "the table shown is the median run")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats: {args.repeats} is not allowed; give 1 or more")
     trials = min(args.trials or (1 if args.quick else 4), len(RANKS))
     lengths = args.steps or ([4] if args.quick else [16, 64])
     evaluations = args.evaluations or (2 if args.quick else 4)
@@ -314,18 +333,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 f"overhead-{steps}", args.data, sizes, cpus_per_worker=args.cpus_per_worker,
                 search={"sampler": "grid", "max_concurrent": 1, "early_stopping": {"scheduler": "none"},
                         "space": {"rank": {"choice": [p["rank"] for p in points]}}})
-            workdir = Path(tmp, f"steps-{steps}")
-            workdir.mkdir()
-            plain = run_plain(experiment, points, workdir)
+            runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for repeat in range(args.repeats):
+                workdir = Path(tmp, f"steps-{steps}-{repeat}")
+                workdir.mkdir()
+                plain = run_plain(experiment, points, workdir)
+                for runner in runners:
+                    ray = run_raysearch(experiment, workdir, runner)
+                    runs[runner].append(compare(runner, steps, trials, evaluations, ray, plain))
             for runner in runners:
-                ray = run_raysearch(experiment, workdir, runner)
-                rows.append(compare(runner, steps, trials, evaluations, ray, plain))
+                rows.append(median_run(runs[runner]))
                 print_comparison(rows[-1])
     print(f"\n{'steps':>5} {'trials':>6} {'runner':>9} {'plain s/trial':>13} {'raysearch s':>11} {'plain s':>8} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6} {'range':>13}")
     for row in rows:
+        spread = f"{min(row['ratios']):.2f}-{max(row['ratios']):.2f}x" if len(row["ratios"]) > 1 else ""
         print(f"{row['steps']:>5} {row['trials']:>6} {row['runner']:>9} {row['plain_trial_s']:>13.1f} "
-              f"{row['raysearch_s']:>11.1f} {row['plain_s']:>8.1f} {row['ratio']:>5.2f}x")
+              f"{row['raysearch_s']:>11.1f} {row['plain_s']:>8.1f} {row['ratio']:>5.2f}x {spread:>13}")
     print(f"\nmodel {harness.MODEL}, data {args.data} "
           f"(16 train examples a step, batch 16, max_length {sizes.max_length}, {sizes.eval_examples} dev examples), "
           f"grid over rank, ASHA off, max_concurrent 1, cpus_per_worker {args.cpus_per_worker:g}, "

@@ -53,6 +53,16 @@ def test_rora_rank_sweep_quick(tmp_path, capsys):
     assert "finding:" in capsys.readouterr().out
 
 
+def test_overhead_shows_the_median_run_and_every_ratio():
+    median_run = load("overhead").median_run
+    runs = [{"ratio": ratio, "run": i} for i, ratio in enumerate([1.25, 1.16, 1.20])]
+    row = median_run(runs)
+    assert row["run"] == 2 and row["ratio"] == 1.20
+    assert row["ratios"] == [1.25, 1.16, 1.20]  # in run order
+    assert median_run(runs[:2])["run"] == 1  # an even count: the lower middle one
+    assert median_run(runs[:1])["ratios"] == [1.25]
+
+
 # The quick modes that run `raysearch run`: one Ray start per search costs tens of seconds
 # on 2 cores whatever the trial.
 
@@ -70,6 +80,7 @@ def test_overhead_quick(capsys):
     assert segments["ray_start"]["plain_s"] == 0 < segments["ray_start"]["raysearch_s"]
     assert segments["mlflow"]["plain_s"] == 0 < segments["mlflow"]["raysearch_s"]
     assert rows[0]["ratio"] == pytest.approx(segments["total"]["raysearch_s"] / segments["total"]["plain_s"])
+    assert rows[0]["ratios"] == [rows[0]["ratio"]]
     assert "ratio raysearch / plain" in capsys.readouterr().out
 
 
