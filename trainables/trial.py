@@ -14,7 +14,6 @@ from ray.train import TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from trainables.loop import run_loop, train_loop_per_worker
 from trainables.session import TuneSession
 
 
@@ -32,6 +31,10 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any
 
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
+    # The loop (transformers, PEFT, the data code) is imported here, in the trial's process:
+    # the driver imports this module only to hand `run_trial` to Tune.
+    from trainables.loop import run_loop, train_loop_per_worker
+
     config = trial_config(base, sampled)
     resources = config["resources"]
     use_gpu = resources["gpus_per_worker"] > 0

@@ -1,6 +1,8 @@
 """Every shipped experiment file validates, and the CLI rejects bad input with exit code 2."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,22 @@ def test_existing_results_need_overwrite(tmp_path):
     result = CliRunner().invoke(app, ["run", "--space", str(Path(SPACES[0].parent, "demo.yaml")),
                                       "--storage", str(tmp_path / "results")])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_the_driver_validates_and_starts_without_the_training_libraries(tmp_path):
+    """Validating an experiment needs the adapter registry, and nothing may start before it
+    is valid, so what that import costs is start-up of every search. PEFT, transformers
+    and the loop's data code are the trial process's to import (~3.5 s on 2 cores)."""
+    code = (
+        "import sys\n"
+        "import raysearch.cli, raysearch.search\n"
+        "from raysearch.preflight import machine_problems\n"
+        "from raysearch.spec import load_spec\n"
+        "for path in sys.argv[2:]:\n"
+        "    machine_problems(load_spec(path), sys.argv[1])\n"
+        "print(' '.join(m for m in ('peft', 'transformers', 'datasets', 'trainables.loop') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "results"), *map(str, SPACES)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

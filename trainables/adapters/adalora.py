@@ -27,9 +27,8 @@ import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from peft import AdaLoraConfig, PeftWarning, get_peft_model
 from pydantic import Field
 from torch import nn
 
@@ -38,6 +37,9 @@ from trainables.adapters.export import LowRank, exported_params, live_factors, s
 from trainables.adapters.lora import TASK_TYPES, LoRA, lora_layers
 from trainables.models import classifier_head_names, resolve_target_modules
 
+if TYPE_CHECKING:  # PEFT is imported where a model is built (see lora.py).
+    from peft import AdaLoraConfig
+
 ADAPTER_NAME = "default"
 
 
@@ -45,6 +47,8 @@ ADAPTER_NAME = "default"
 def quiet_rank_zero_slices() -> Iterator[None]:
     """PEFT's AdaLoRA state dict (read for the saved heads) slices every module to its
     mask and then warns about the fully pruned ones (rank 0); the export leaves those out."""
+    from peft import PeftWarning
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*invalid shape", category=PeftWarning)
         yield
@@ -94,6 +98,8 @@ class AdaLoRA(LoRA):
         self.tfinal_steps = math.floor(opts.tfinal * self.total_steps)
 
     def lora_config(self, model: nn.Module) -> AdaLoraConfig:
+        from peft import AdaLoraConfig
+
         heads = classifier_head_names(model) if self.task_type == "classification" else []
         # PEFT scales by lora_alpha / ranknum with ranknum = init_r: alpha · r^(1-p) gives α / r^p.
         lora_alpha = float(self.config["alpha"]) * self.init_r ** (1.0 - scaling_exponent(self.scaling()))
@@ -115,6 +121,8 @@ class AdaLoRA(LoRA):
         )
 
     def attach(self, model: nn.Module) -> nn.Module:
+        from peft import get_peft_model
+
         peft_model = get_peft_model(model, self.lora_config(model))
         config = peft_model.base_model.peft_config[ADAPTER_NAME]
         weight = self.opts.orth_reg_weight

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
@@ -47,6 +46,8 @@ def live_factors(name: str, A: torch.Tensor, B: torch.Tensor, scale: float, gate
 
 def kept_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The non-LoRA tensors PEFT saves with an adapter (modules_to_save heads), in on-disk keys."""
+    from peft import get_peft_model_state_dict  # imported here, not on top: see lora.py
+
     state = get_peft_model_state_dict(model)
     # No copies: callers count these or write them; the model's tensors are never modified.
     return {k: v.detach() for k, v in state.items() if ".lora_" not in k and "ranknum" not in k}
@@ -66,6 +67,8 @@ def save_plain_lora(
     Modules with no live rank are left out. PEFT scales by `lora_alpha / r`, so each
     module's alpha is `scale · r`: the export computes exactly `W0 + scale · B A`.
     """
+    from peft import LoraConfig
+
     factors = shipped(factors)
     path.mkdir(parents=True, exist_ok=True)
     default_rank = max(f.rank for f in factors)

@@ -23,16 +23,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import torch
 import torch.distributed as dist
-from peft import LoraConfig, get_peft_model
 from pydantic import Field, model_validator
 from torch import nn
 
 from trainables.adapters.base import COMMON_HYPERPARAMS, Options
 from trainables.adapters.lora import LoRA, lora_layers
+
+if TYPE_CHECKING:  # PEFT is imported where a model is built (see lora.py).
+    from peft import LoraConfig
 from trainables.models import classifier_head_names, linear_module_names, matches_target, resolve_target_modules
 
 
@@ -95,6 +97,8 @@ class GoRA(LoRA):
         self.allocated_params = sum(sizes[name] * r for name, r in self.ranks.items())
 
     def lora_config(self, model: nn.Module) -> LoraConfig:
+        from peft import LoraConfig
+
         # Full module names: PEFT then adapts exactly the layers whose gradients were taken.
         return dataclasses.replace(super().lora_config(model), target_modules=sorted(self.ranks),
                                    rank_pattern=dict(self.ranks))
@@ -102,6 +106,8 @@ class GoRA(LoRA):
     def attach(self, model: nn.Module) -> nn.Module:
         if not self.ranks:
             raise RuntimeError("GoRA.attach needs the gradients from GoRA.prepare(model, batches, val_batch) first")
+        from peft import get_peft_model
+
         peft_model = get_peft_model(model, self.lora_config(model))
         with torch.no_grad():
             for name, layer in lora_layers(peft_model):
