@@ -78,6 +78,7 @@ def test_overhead_quick(capsys):
     for side in ("raysearch_s", "plain_s"):  # the timeline's rows add up to the wall time
         assert sum(segments[k][side] for k in timeline) == pytest.approx(segments["total"][side])
     assert segments["ray_start"]["plain_s"] == 0 < segments["ray_start"]["raysearch_s"]
+    assert 0 < segments["first_trial_start"]["raysearch_s"] <= segments["trial_start"]["raysearch_s"]
     assert segments["mlflow"]["plain_s"] == 0 < segments["mlflow"]["raysearch_s"]
     assert rows[0]["ratio"] == pytest.approx(segments["total"]["raysearch_s"] / segments["total"]["plain_s"])
     assert rows[0]["ratios"] == [rows[0]["ratio"]]
