@@ -24,7 +24,12 @@ stopping (TPE would be told the stopped trials' early numbers and propose other 
 Trial-steps: the sum of each trial's last reported `step`, read from Tune's results in the
 search's storage; best val_accuracy: the best trial that ran to the end (what
 `raysearch export --best` picks). Targets: ASHA spends at most 50% of the steps, its best
-accuracy within 0.5 point.
+accuracy within 0.5 point. One ASHA search is one draw (which trials a rung compares depends
+on the order reports arrive in), so the part then replays raysearch's ASHA scheduler on the
+recorded learning curves of the search without stopping: with the recorded report times,
+and 400 times with jittered ones, for val_loss and val_accuracy, reduction factors 3 (the
+default) and 2, at grace 1, 2 and 3. It
+trains nothing, and gives how often each setting meets the targets.
 
     python benchmarks/search_efficiency.py              # full: ~31 min on 2 CPU cores. table: 64 configurations,
         # each 48 steps (768 SST-2 train examples, batch 16, max_length 32) and scored on 256 dev examples;
@@ -32,11 +37,14 @@ accuracy within 0.5 point.
         # (1536 train examples), 8 evaluations on 256 dev examples, max_concurrent 2
     python benchmarks/search_efficiency.py --part table # only the samplers (~16 min)
     python benchmarks/search_efficiency.py --part asha  # only ASHA (~16 min)
+    python benchmarks/search_efficiency.py --part asha --asha-grace 1 --asha-seed 1
+        # the default ASHA against no stopping on another 16 configurations (~11 min)
     python benchmarks/search_efficiency.py --quick      # 4-configuration table of 2-step trainings, 1-trial searches
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -216,6 +224,106 @@ def print_asha_part(rows: list[dict[str, Any]], sizes: harness.Sizes) -> None:
               f"{asha['wall_s'] / none['wall_s']:.2f}; targets {'met' if met else 'missed'}")
 
 
+# --- ASHA replayed on the no-stopping search's learning curves --------------------------
+#
+# One real ASHA search is one draw: with 2 trials at a time, which trials a rung compares
+# depends on the order their reports arrive in, and with 16 trials one cut can decide the
+# best accuracy. The search without stopping recorded every trial's whole learning curve,
+# and a trial's curve does not depend on which other trials ran, so raysearch's own
+# scheduler (`raysearch.tuner.build_scheduler`, Ray's ASHAScheduler) can be replayed on those
+# curves many times, each with report times jittered, at no training cost.
+
+REPLAY_METRICS, REPLAY_GRACES, REPLAY_FACTORS = ("val_loss", "val_accuracy"), (1, 2, 3), (3, 2)
+REPLAY_RUNS, REPLAY_JITTER = 400, 0.2
+
+
+def trial_curves(tune_dir: Path) -> list[list[dict[str, Any]]]:
+    """Every trial's reported results, one per evaluation, in the order the sampler drew the trials."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = sorted(ExperimentAnalysis(str(tune_dir)).trials, key=lambda t: int(t.experiment_tag.split("_", 1)[0]))
+    return [[json.loads(line) for line in (Path(t.path) / "result.json").read_text().splitlines() if line.strip()]
+            for t in trials]
+
+
+def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concurrent: int,
+                  rng: np.random.Generator | None) -> dict[str, Any]:
+    """The search run again with `scheduler` deciding on the recorded results: trials start in
+    the sampler's order as slots free, each report arrives after its recorded duration (times
+    a log-normal jitter when `rng` is given). Returns trial-steps and the best final accuracy."""
+    import heapq
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    events: list[tuple[float, int, int]] = []  # (time, trial, report)
+    durations: dict[int, np.ndarray] = {}
+
+    def start(trial: int, now: float) -> None:
+        scheduler.on_trial_add(None, SimpleNamespace(trial_id=str(trial)))
+        recorded = np.array([r.get("time_this_iter_s", 1.0) for r in curves[trial]])
+        durations[trial] = recorded * (rng.lognormal(0.0, REPLAY_JITTER, len(recorded)) if rng else 1.0)
+        heapq.heappush(events, (now + durations[trial][0], trial, 0))
+
+    waiting = list(range(len(curves)))[::-1]
+    for _ in range(min(max_concurrent, len(waiting))):
+        start(waiting.pop(), 0.0)
+    trial_steps, finals = 0, []
+    while events:
+        now, trial, index = heapq.heappop(events)
+        result, last = curves[trial][index], index == len(curves[trial]) - 1
+        stopped = scheduler.on_trial_result(None, SimpleNamespace(trial_id=str(trial)), result) == TrialScheduler.STOP
+        if not (stopped or last):
+            heapq.heappush(events, (now + durations[trial][index + 1], trial, index + 1))
+            continue
+        if not stopped:
+            scheduler.on_trial_complete(None, SimpleNamespace(trial_id=str(trial)), result)
+        trial_steps += int(result.get("step", 0))
+        if result.get("final") and not result.get("diverged"):
+            finals.append(result["val_accuracy"])
+        if waiting:
+            start(waiting.pop(), now)
+    return {"trial_steps": trial_steps, "best_val_accuracy": max(finals, default=float("nan"))}
+
+
+def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], runs: int) -> list[dict[str, Any]]:
+    """Per metric, reduction factor and grace period: the replay with the recorded times, and `runs` jittered ones."""
+    from raysearch.tuner import build_scheduler
+
+    none_steps = sum(int(c[-1].get("step", 0)) for c in curves)
+    none_best = max(c[-1]["val_accuracy"] for c in curves if c[-1].get("final") and not c[-1].get("diverged"))
+    concurrency = experiment["search"]["max_concurrent"]
+    rows = []
+    for metric, factor, grace in itertools.product(REPLAY_METRICS, REPLAY_FACTORS, REPLAY_GRACES):
+        spec = spec_from_dict({**experiment, "search": {**experiment["search"], "early_stopping": {
+            "scheduler": "asha", "metric": metric, "grace_period": grace, "reduction_factor": factor}}})
+        rng = np.random.default_rng(0)
+        recorded = replay_search(curves, build_scheduler(spec), concurrency, None)
+        jittered = [replay_search(curves, build_scheduler(spec), concurrency, rng) for _ in range(runs)]
+        steps = np.array([r["trial_steps"] for r in jittered]) / none_steps
+        points = 100 * (np.array([r["best_val_accuracy"] for r in jittered]) - none_best)
+        rows.append({"part": "asha_replay", "metric": metric, "reduction_factor": factor, "grace": grace, "runs": runs,
+                     "recorded_steps": recorded["trial_steps"] / none_steps,
+                     "recorded_points": 100 * (recorded["best_val_accuracy"] - none_best),
+                     "steps_mean": float(steps.mean()), "points_mean": float(np.nanmean(points)),
+                     "points_p10": float(np.nanpercentile(points, 10)), "points_p90": float(np.nanpercentile(points, 90)),
+                     "within_accuracy": float(np.mean(points >= -100 * ACCURACY_TARGET)),
+                     "targets_met": float(np.mean((steps <= STEPS_TARGET) & (points >= -100 * ACCURACY_TARGET)))})
+    return rows
+
+
+def print_replay_part(rows: list[dict[str, Any]], trials: int) -> None:
+    runs = rows[0]["runs"]
+    print(f"\nASHA replayed on the {trials} learning curves of the search without stopping: the recorded report "
+          f"times, then {runs} runs with each report's time x lognormal(0, {REPLAY_JITTER})")
+    print(f"{'metric':<13}{'factor':>6}{'grace':>6} {'recorded: steps':>16} {'points':>7} {'jittered: steps':>16} {'points mean':>12}"
+          f" {'p10..p90':>13} {'within 0.5':>10} {'both targets':>12}")
+    for r in rows:
+        print(f"{r['metric']:<13}{r['reduction_factor']:>6}{r['grace']:>6} {r['recorded_steps']:>16.2f} {r['recorded_points']:>+7.1f} "
+              f"{r['steps_mean']:>16.2f} {r['points_mean']:>+12.1f} {r['points_p10']:>+6.1f}..{r['points_p90']:<+6.1f}"
+              f"{r['within_accuracy']:>10.0%} {r['targets_met']:>12.0%}")
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -227,7 +335,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--asha-trials", type=int, default=None, help="trials in each ASHA part search")
     parser.add_argument("--asha-grace", type=int, nargs="+", default=None,
                         help="ASHA grace periods (evaluations) to compare with no stopping (default 1 2; quick 1)")
+    parser.add_argument("--asha-seed", type=int, default=0,
+                        help="the ASHA part's sampler seed: another seed draws other configurations")
+    parser.add_argument("--replays", type=int, default=None,
+                        help=f"jittered replays of ASHA on the recorded curves (default {REPLAY_RUNS}; quick 20)")
     parser.add_argument("--data", type=Path, default=harness.SST2, help="SST-2 folder (train.tsv, dev.tsv)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the searches' files (logs, Tune records, MLflow) here; default: a temporary folder")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(logging.WARNING)
@@ -238,7 +352,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     asha_sizes = harness.Sizes(train_examples=64 if args.quick else 1536, eval_examples=32 if args.quick else 256,
                                evaluations=2 if args.quick else 8)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="raysearch-search-efficiency-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.workdir:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.workdir)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="raysearch-search-efficiency-"))
         if args.part in ("all", "table"):
             experiment = harness.experiment("samplers", args.data, table_sizes, {"space": space_of(choices)})
             print(f"training the lookup table ({table_sizes.describe()}):", flush=True)
@@ -247,12 +366,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print_table_part(table_part, ks, len(seeds), table)
             rows += table_part
         if args.part in ("all", "asha"):
-            search = {"sampler": "random", "seed": 0, "num_trials": args.asha_trials or (1 if args.quick else 16),
+            search = {"sampler": "random", "seed": args.asha_seed,
+                      "num_trials": args.asha_trials or (1 if args.quick else 16),
                       "max_concurrent": 2, "space": space_of(QUICK_CHOICES if args.quick else ASHA_CHOICES)}
             graces = args.asha_grace or ([1] if args.quick else [1, 2])
-            asha_part = asha_rows(asha_experiments(args.data, asha_sizes, search, graces), Path(tmp))
+            experiments = asha_experiments(args.data, asha_sizes, search, graces)
+            asha_part = asha_rows(experiments, Path(tmp))
             print_asha_part(asha_part, asha_sizes)
-            rows += asha_part
+            curves = trial_curves(Path(tmp) / "results" / experiments["none"]["name"] / "tune")
+            replay_part = replay_rows(experiments["none"], curves, args.replays or (20 if args.quick else REPLAY_RUNS))
+            print_replay_part(replay_part, len(curves))
+            rows += asha_part + replay_part
     print(f"\nmodel {harness.MODEL}, data {args.data}; table space {json.dumps(choices)}"
           + ("" if args.quick else f"; ASHA space {json.dumps(ASHA_CHOICES)}"))
     return harness.keep(rows, args.json)

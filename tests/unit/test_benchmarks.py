@@ -63,6 +63,38 @@ def test_overhead_shows_the_median_run_and_every_ratio():
     assert median_run(runs[:1])["ratios"] == [1.25]
 
 
+def synthetic_curves() -> list[list[dict]]:
+    """Three trials of two evaluations; the second would end best, but its first val_loss is worst so far."""
+    def curve(first_loss: float, final_accuracy: float) -> list[dict]:
+        return [{"evaluation": 1, "step": 10, "val_loss": first_loss, "val_accuracy": 0.5, "final": False,
+                 "time_this_iter_s": 1.0},
+                {"evaluation": 2, "step": 20, "val_loss": 0.3, "val_accuracy": final_accuracy, "final": True,
+                 "time_this_iter_s": 1.0}]
+    return [curve(0.5, 0.80), curve(0.7, 0.90), curve(0.4, 0.85)]
+
+
+def test_asha_replay_runs_raysearchs_scheduler_on_recorded_curves():
+    module = load("search_efficiency")
+    harness = sys.modules["harness"]
+    search = {"sampler": "random", "num_trials": 3, "max_concurrent": 1,
+              "space": {"rank": {"choice": [2, 4]}}}
+    experiment = harness.experiment("replay", harness.SST2, harness.Sizes(train_examples=64, eval_examples=32), search)
+    rows = module.replay_rows(experiment, synthetic_curves(), runs=5)
+    by_setting = {(r["metric"], r["reduction_factor"], r["grace"]): r for r in rows}
+    assert set(by_setting) == {(m, f, g) for m in ("val_loss", "val_accuracy") for f in (2, 3) for g in (1, 2, 3)}
+    # val_loss, grace 1: the first trial passes the rung alone, the second is below the
+    # first's 0.5 and stopped after 10 steps, the third beats the cutoff: 50 of 60 steps,
+    # best 0.85 instead of 0.90. One trial at a time, so jitter cannot change the order.
+    loss_1 = by_setting[("val_loss", 3, 1)]
+    assert loss_1["recorded_steps"] == pytest.approx(50 / 60) == loss_1["steps_mean"]
+    assert loss_1["recorded_points"] == pytest.approx(-5.0) == loss_1["points_mean"]
+    assert loss_1["within_accuracy"] == 0.0 == loss_1["targets_met"]
+    # Equal first accuracies never fall below the cutoff; a grace past the first
+    # evaluation leaves no rung a trial reaches before its end: nothing is stopped.
+    for setting in [("val_accuracy", 3, 1), ("val_loss", 3, 2), ("val_loss", 2, 3)]:
+        assert by_setting[setting]["recorded_steps"] == 1.0 and by_setting[setting]["recorded_points"] == 0.0
+
+
 # The quick modes that run `raysearch run`: one Ray start per search costs tens of seconds
 # on 2 cores whatever the trial.
 
@@ -89,6 +121,11 @@ def test_overhead_quick(capsys):
 @pytest.mark.integration
 def test_search_efficiency_asha_quick(capsys):
     rows = load("search_efficiency").main(["--quick", "--part", "asha"])
-    assert [r["scheduler"] for r in rows] == ["none", "asha g=1"]
-    assert [(r["trials"], r["errored"], r["trial_steps"]) for r in rows] == [(1, 0, 4)] * 2  # 1 trial of 4 steps
-    assert "asha g=1: steps / none" in capsys.readouterr().out
+    searches = [r for r in rows if r["part"] == "asha"]
+    assert [r["scheduler"] for r in searches] == ["none", "asha g=1"]
+    assert [(r["trials"], r["errored"], r["trial_steps"]) for r in searches] == [(1, 0, 4)] * 2  # 1 trial of 4 steps
+    replays = [r for r in rows if r["part"] == "asha_replay"]
+    assert len(replays) == 12  # replayed on the recorded curve: ASHA never stops a rung's first trial
+    assert all(r["steps_mean"] == 1.0 and r["points_mean"] == 0.0 for r in replays)
+    out = capsys.readouterr().out
+    assert "asha g=1: steps / none" in out and "ASHA replayed on the 1 learning curves" in out
