@@ -39,6 +39,8 @@ trains nothing, and gives how often each setting meets the targets.
     python benchmarks/search_efficiency.py --part asha  # only ASHA (~16 min)
     python benchmarks/search_efficiency.py --part asha --asha-grace 1 --asha-seed 1
         # the default ASHA against no stopping on another 16 configurations (~11 min)
+    python benchmarks/search_efficiency.py --part asha --workdir runs/asha  # keep the searches' files, then
+    python benchmarks/search_efficiency.py --replay runs/asha               # replay ASHA on them again (seconds)
     python benchmarks/search_efficiency.py --quick      # 4-configuration table of 2-step trainings, 1-trial searches
 """
 from __future__ import annotations
@@ -312,8 +314,19 @@ def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], 
     return rows
 
 
-def print_replay_part(rows: list[dict[str, Any]], trials: int) -> None:
-    runs = rows[0]["runs"]
+def first_evaluation(curves: list[list[dict[str, Any]]]) -> str:
+    """What a grace-1 rung sees: the spread of the first evaluation, and where the eventual best trial ranked."""
+    firsts = [c[0] for c in curves]
+    best = max(range(len(curves)), key=lambda i: curves[i][-1]["val_accuracy"])
+    losses, accuracies = [f["val_loss"] for f in firsts], [f["val_accuracy"] for f in firsts]
+    rank = 1 + sum(loss < firsts[best]["val_loss"] for loss in losses)
+    return (f"first evaluation (step {firsts[0].get('step')}): val_loss {min(losses):.4f}..{max(losses):.4f}, "
+            f"val_accuracy {min(accuracies):.4f}..{max(accuracies):.4f}; the trial that ends best "
+            f"({curves[best][-1]['val_accuracy']:.4f}) ranks {rank} of {len(curves)} by its first val_loss")
+
+
+def print_replay_part(rows: list[dict[str, Any]], curves: list[list[dict[str, Any]]]) -> None:
+    runs, trials = rows[0]["runs"], len(curves)
     print(f"\nASHA replayed on the {trials} learning curves of the search without stopping: the recorded report "
           f"times, then {runs} runs with each report's time x lognormal(0, {REPLAY_JITTER})")
     print(f"{'metric':<13}{'factor':>6}{'grace':>6} {'recorded: steps':>16} {'points':>7} {'jittered: steps':>16} {'points mean':>12}"
@@ -322,6 +335,18 @@ def print_replay_part(rows: list[dict[str, Any]], trials: int) -> None:
         print(f"{r['metric']:<13}{r['reduction_factor']:>6}{r['grace']:>6} {r['recorded_steps']:>16.2f} {r['recorded_points']:>+7.1f} "
               f"{r['steps_mean']:>16.2f} {r['points_mean']:>+12.1f} {r['points_p10']:>+6.1f}..{r['points_p90']:<+6.1f}"
               f"{r['within_accuracy']:>10.0%} {r['targets_met']:>12.0%}")
+    print(first_evaluation(curves))
+
+
+def replay_kept(workdir: Path, runs: int) -> list[dict[str, Any]]:
+    """The replay of an earlier run's search without stopping, kept with `--workdir`."""
+    import yaml
+
+    experiment = yaml.safe_load((workdir / "asha-none.yaml").read_text())
+    curves = trial_curves(workdir / "results" / experiment["name"] / "tune")
+    rows = replay_rows(experiment, curves, runs)
+    print_replay_part(rows, curves)
+    return rows
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -337,6 +362,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="ASHA grace periods (evaluations) to compare with no stopping (default 1 2; quick 1)")
     parser.add_argument("--asha-seed", type=int, default=0,
                         help="the ASHA part's sampler seed: another seed draws other configurations")
+    parser.add_argument("--replay", type=Path, default=None, metavar="WORKDIR",
+                        help="only replay ASHA on the search without stopping kept in WORKDIR (an earlier --workdir)")
     parser.add_argument("--replays", type=int, default=None,
                         help=f"jittered replays of ASHA on the recorded curves (default {REPLAY_RUNS}; quick 20)")
     parser.add_argument("--data", type=Path, default=harness.SST2, help="SST-2 folder (train.tsv, dev.tsv)")
@@ -351,6 +378,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     table_sizes = harness.Sizes(train_examples=32 if args.quick else 768, eval_examples=32 if args.quick else 256)
     asha_sizes = harness.Sizes(train_examples=64 if args.quick else 1536, eval_examples=32 if args.quick else 256,
                                evaluations=2 if args.quick else 8)
+    if args.replay:
+        return harness.keep(replay_kept(args.replay, args.replays or REPLAY_RUNS), args.json)
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -375,7 +404,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print_asha_part(asha_part, asha_sizes)
             curves = trial_curves(Path(tmp) / "results" / experiments["none"]["name"] / "tune")
             replay_part = replay_rows(experiments["none"], curves, args.replays or (20 if args.quick else REPLAY_RUNS))
-            print_replay_part(replay_part, len(curves))
+            print_replay_part(replay_part, curves)
             rows += asha_part + replay_part
     print(f"\nmodel {harness.MODEL}, data {args.data}; table space {json.dumps(choices)}"
           + ("" if args.quick else f"; ASHA space {json.dumps(ASHA_CHOICES)}"))

@@ -93,6 +93,8 @@ def test_asha_replay_runs_raysearchs_scheduler_on_recorded_curves():
     # evaluation leaves no rung a trial reaches before its end: nothing is stopped.
     for setting in [("val_accuracy", 3, 1), ("val_loss", 3, 2), ("val_loss", 2, 3)]:
         assert by_setting[setting]["recorded_steps"] == 1.0 and by_setting[setting]["recorded_points"] == 0.0
+    assert "the trial that ends best (0.9000) ranks 3 of 3 by its first val_loss" in module.first_evaluation(
+        synthetic_curves())
 
 
 # The quick modes that run `raysearch run`: one Ray start per search costs tens of seconds
@@ -119,8 +121,9 @@ def test_overhead_quick(capsys):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_search_efficiency_asha_quick(capsys):
-    rows = load("search_efficiency").main(["--quick", "--part", "asha"])
+def test_search_efficiency_asha_quick(tmp_path, capsys):
+    module = load("search_efficiency")
+    rows = module.main(["--quick", "--part", "asha", "--workdir", str(tmp_path)])
     searches = [r for r in rows if r["part"] == "asha"]
     assert [r["scheduler"] for r in searches] == ["none", "asha g=1"]
     assert [(r["trials"], r["errored"], r["trial_steps"]) for r in searches] == [(1, 0, 4)] * 2  # 1 trial of 4 steps
@@ -129,3 +132,6 @@ def test_search_efficiency_asha_quick(capsys):
     assert all(r["steps_mean"] == 1.0 and r["points_mean"] == 0.0 for r in replays)
     out = capsys.readouterr().out
     assert "asha g=1: steps / none" in out and "ASHA replayed on the 1 learning curves" in out
+    assert "ranks 1 of 1 by its first val_loss" in out
+    # The kept search replays alone, to the same rows.
+    assert module.main(["--replay", str(tmp_path), "--replays", "20"]) == replays
