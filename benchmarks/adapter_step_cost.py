@@ -10,7 +10,15 @@ median is reported. One-off costs (GoRA's gradient pass in `prepare`, ALoRA's
 scoring rounds and AdaLoRA's allocation inside `after_step`) are reported as a
 fraction of the whole measured run.
 
-    python benchmarks/adapter_step_cost.py            # full: ~10 min on 2 CPU cores
+Memory: after the timed rounds, one more step counts, storage by storage, what a training
+step holds: every weight, the trainable ones' gradients and AdamW state, and the
+activations autograd saves for backward (its saved-tensor hooks). Not all are alive at
+once (gradients appear as backward frees the saved activations), so their sum overstates
+their part of the peak. Counting tensors rather than asking the allocator gives the same
+bytes on any device, CPU included; it leaves out allocator overhead and short-lived
+temporaries, which a CUDA run's `torch.cuda.max_memory_allocated` would add.
+
+    python benchmarks/adapter_step_cost.py            # full: ~8 min on 2 CPU cores
     python benchmarks/adapter_step_cost.py --quick    # seconds; what the test runs
     python benchmarks/adapter_step_cost.py --models llama-4x256 --variants rora salora sora --rounds 15 --steps 10
         # a longer look at a few variants on one model
@@ -18,6 +26,7 @@ fraction of the whole measured run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -55,6 +64,7 @@ class Measured:
     prepare_s: float = 0.0
     after_step_s: float = 0.0
     total_s: float = 0.0
+    memory: dict[str, int] = field(default_factory=dict)  # bytes, from `Runner.memory()`
 
 
 def minilm(num_labels: int = 2) -> torch.nn.Module:
@@ -105,12 +115,14 @@ class Runner:
         self.optimizer = torch.optim.AdamW(self.adapter.param_groups(self.model, 1e-4, 0.0))
         self.step_index = 0
 
-    def step(self) -> float:
+    def step(self, saved: dict[int, int] | None = None) -> float:
+        """One training step; with `saved`, also records the storages autograd keeps for backward."""
         self.step_index += 1
         batch = next(self.stream)
         started = time.perf_counter()
-        loss = self.model(**batch).loss
-        extra = self.adapter.extra_loss(self.model, self.step_index)
+        with contextlib.nullcontext() if saved is None else self.recording(saved):
+            loss = self.model(**batch).loss
+            extra = self.adapter.extra_loss(self.model, self.step_index)
         (loss if extra is None else loss + extra).backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -121,6 +133,32 @@ class Runner:
         self.measured.after_step_s += hook_s
         self.measured.total_s += time.perf_counter() - started
         return hook_started - started  # the step proper; `after_step` is accounted separately
+
+    def recording(self, saved: dict[int, int]) -> Any:
+        """Autograd's saved-tensor hooks, noting each saved storage that is not a parameter's."""
+        weights = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+
+    def memory(self) -> dict[str, int]:
+        """What one training step holds, in bytes, counted tensor by tensor (not the allocator's
+        view, so it is the same on any device): every weight, the trainable ones' gradients and
+        AdamW state, and the activations autograd saves for the backward pass."""
+        saved: dict[int, int] = {}
+        self.step(saved)
+        params = list(self.model.parameters())
+        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        memory = {"weights": sum(p.nbytes for p in params),
+                  "gradients": sum(p.nbytes for p in params if p.requires_grad),
+                  "optimizer": sum(t.nbytes for t in state),
+                  "saved": sum(saved.values())}
+        return memory | {"total": sum(memory.values())}
 
 
 def measure(case: Case, variants: list[str], rank: int, rounds: int, steps_per_round: int) -> dict[str, Measured]:
@@ -134,6 +172,7 @@ def measure(case: Case, variants: list[str], rank: int, rounds: int, steps_per_r
             runner.measured.steps.append(statistics.median(runner.step() for _ in range(steps_per_round)))
     for variant, runner in runners.items():
         runner.measured.total_s += runner.measured.prepare_s
+        runner.measured.memory = runner.memory()  # after the timed rounds, so its hooks time nothing
     return {v: r.measured for v, r in runners.items()}
 
 
@@ -151,16 +190,21 @@ def report(case: Case, rank: int, measured: dict[str, Measured]) -> list[dict[st
         rows.append({"model": case.name, "variant": variant, "rank": rank,
                      "step_ms": 1000 * statistics.median(m.steps), "vs_lora": ratio,
                      "prepare_s": m.prepare_s, "after_step_share": m.after_step_s / m.total_s,
-                     "one_off_share": one_off / m.total_s})
+                     "one_off_share": one_off / m.total_s,
+                     "memory_mb": {k: v / 2**20 for k, v in m.memory.items()},
+                     "saved_vs_lora": m.memory["saved"] / measured["lora"].memory["saved"],
+                     "memory_vs_lora": m.memory["total"] / measured["lora"].memory["total"]})
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'model':<12} {'variant':<12} {'rank':>4} {'step ms':>9} {'x LoRA':>7} {'prepare s':>9} "
-          f"{'hooks %':>8} {'one-off %':>9}")
+          f"{'hooks %':>8} {'one-off %':>9} {'saved MB':>9} {'x LoRA':>7} {'step MB':>8} {'x LoRA':>7}")
     for r in rows:
         print(f"{r['model']:<12} {r['variant']:<12} {r['rank']:>4} {r['step_ms']:>9.1f} {r['vs_lora']:>7.2f} "
-              f"{r['prepare_s']:>9.2f} {100 * r['after_step_share']:>7.1f}% {100 * r['one_off_share']:>8.1f}%")
+              f"{r['prepare_s']:>9.2f} {100 * r['after_step_share']:>7.1f}% {100 * r['one_off_share']:>8.1f}% "
+              f"{r['memory_mb']['saved']:>9.1f} {r['saved_vs_lora']:>7.2f} {r['memory_mb']['total']:>8.1f} "
+              f"{r['memory_vs_lora']:>7.2f}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -184,7 +228,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows += report(case, args.rank, measure(case, variants, args.rank, rounds, steps))
     print_table(rows)
     print(f"\nrank {args.rank}, {rounds} rounds x {steps} steps, interleaved; x LoRA = median per-round ratio. "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu\n"
+          "memory: one step's tensors, counted by storage (same on any device; allocator overhead and "
+          "temporaries not included): saved = activations kept for backward; step = weights + trainable "
+          "gradients + AdamW state + saved, more than is alive at once")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

@@ -26,6 +26,13 @@ def test_adapter_step_cost_quick(capsys):
     lora = next(r for r in rows if r["variant"] == "lora")
     assert lora["vs_lora"] == 1.0
     assert all(r["step_ms"] > 0 for r in rows)
+    by_variant = {r["variant"]: r for r in rows}
+    memory = by_variant["lora"]["memory_mb"]
+    assert memory["total"] == pytest.approx(sum(v for k, v in memory.items() if k != "total"))
+    assert 0 < memory["gradients"] < memory["weights"] and memory["saved"] > 0  # only the adapter trains
+    # LoRA+ changes learning rates, not tensors; DoRA keeps its magnitude path's inputs for backward.
+    assert by_variant["loraplus"]["memory_vs_lora"] == 1.0
+    assert by_variant["dora"]["saved_vs_lora"] > 1.0
     assert "x LoRA" in capsys.readouterr().out
 
 
