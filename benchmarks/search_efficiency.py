@@ -77,6 +77,7 @@ ASHA_CHOICES = {"variant": ["lora", "rora"], "rank": [2, 4, 8, 16, 32, 64], "alp
 QUICK_CHOICES = {"variant": ["lora", "rora"], "rank": [2, 4], "alpha": [8], "lr": [4e-3]}
 SENSES = ["max", "min"]  # val_accuracy, adapter_params
 REACH_BY, STEPS_TARGET, ACCURACY_TARGET = 32, 0.5, 0.005
+NO_STOPPING = "asha-none"  # the ASHA part's search without early stopping, by name
 
 Key = tuple[Any, ...]
 
@@ -171,6 +172,11 @@ def print_table_part(rows: list[dict[str, Any]], ks: list[int], seeds: int, tabl
 # --- part asha: the same search with and without early stopping ------------------------
 
 
+def ran_to_end(result: dict[str, Any]) -> bool:
+    """A trial's result is its final one, and the trial did not diverge: its accuracy counts for "best"."""
+    return bool(result.get("final")) and not result.get("diverged")
+
+
 def last_results(tune_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """Each trial's last reported result, from Tune's records in the search's storage, and
     how many trials ended in an error (their steps are missing from the count)."""
@@ -186,7 +192,7 @@ def asha_experiments(data: Path, sizes: harness.Sizes, search: dict[str, Any],
     def search_with(name: str, stopping: dict[str, Any]) -> dict[str, Any]:
         return harness.experiment(name, data, sizes, {**search, "early_stopping": stopping})
 
-    return {"none": search_with("asha-none", {"scheduler": "none"})} | {
+    return {"none": search_with(NO_STOPPING, {"scheduler": "none"})} | {
         f"asha g={grace}": search_with(f"asha-g{grace}", {"scheduler": "asha", "grace_period": grace})
         for grace in graces}
 
@@ -196,7 +202,7 @@ def asha_rows(experiments: dict[str, dict[str, Any]], workdir: Path) -> list[dic
     for scheduler, experiment in experiments.items():
         run = harness.run_search(experiment, workdir)
         results, errored = last_results(run.storage_dir / "tune")
-        completed = [r["val_accuracy"] for r in results if r.get("final") and not r.get("diverged")]
+        completed = [r["val_accuracy"] for r in results if ran_to_end(r)]
         rows.append({"part": "asha", "scheduler": scheduler, "trials": len(results), "errored": errored,
                      "trial_steps": int(sum(r.get("step", 0) for r in results)),
                      "stopped_early": sum("step" in r and not r.get("final") for r in results),
@@ -260,9 +266,10 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
 
     events: list[tuple[float, int, int]] = []  # (time, trial, report)
     durations: dict[int, np.ndarray] = {}
+    handles = [SimpleNamespace(trial_id=str(trial)) for trial in range(len(curves))]  # what the scheduler reads
 
     def start(trial: int, now: float) -> None:
-        scheduler.on_trial_add(None, SimpleNamespace(trial_id=str(trial)))
+        scheduler.on_trial_add(None, handles[trial])
         recorded = np.array([r.get("time_this_iter_s", 1.0) for r in curves[trial]])
         durations[trial] = recorded * (rng.lognormal(0.0, REPLAY_JITTER, len(recorded)) if rng else 1.0)
         heapq.heappush(events, (now + durations[trial][0], trial, 0))
@@ -274,14 +281,14 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
     while events:
         now, trial, index = heapq.heappop(events)
         result, last = curves[trial][index], index == len(curves[trial]) - 1
-        stopped = scheduler.on_trial_result(None, SimpleNamespace(trial_id=str(trial)), result) == TrialScheduler.STOP
+        stopped = scheduler.on_trial_result(None, handles[trial], result) == TrialScheduler.STOP
         if not (stopped or last):
             heapq.heappush(events, (now + durations[trial][index + 1], trial, index + 1))
             continue
         if not stopped:
-            scheduler.on_trial_complete(None, SimpleNamespace(trial_id=str(trial)), result)
+            scheduler.on_trial_complete(None, handles[trial], result)
         trial_steps += int(result.get("step", 0))
-        if result.get("final") and not result.get("diverged"):
+        if ran_to_end(result):
             finals.append(result["val_accuracy"])
         if waiting:
             start(waiting.pop(), now)
@@ -293,7 +300,7 @@ def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], 
     from raysearch.tuner import build_scheduler
 
     none_steps = sum(int(c[-1].get("step", 0)) for c in curves)
-    none_best = max(c[-1]["val_accuracy"] for c in curves if c[-1].get("final") and not c[-1].get("diverged"))
+    none_best = max(c[-1]["val_accuracy"] for c in curves if ran_to_end(c[-1]))
     concurrency = experiment["search"]["max_concurrent"]
     rows = []
     for metric, factor, grace in itertools.product(REPLAY_METRICS, REPLAY_FACTORS, REPLAY_GRACES):
@@ -317,7 +324,7 @@ def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], 
 def first_evaluation(curves: list[list[dict[str, Any]]]) -> str:
     """What a grace-1 rung sees: the spread of the first evaluation, and where the eventual best trial ranked."""
     firsts = [c[0] for c in curves]
-    best = max(range(len(curves)), key=lambda i: curves[i][-1]["val_accuracy"])
+    best = max((i for i, c in enumerate(curves) if ran_to_end(c[-1])), key=lambda i: curves[i][-1]["val_accuracy"])
     losses, accuracies = [f["val_loss"] for f in firsts], [f["val_accuracy"] for f in firsts]
     rank = 1 + sum(loss < firsts[best]["val_loss"] for loss in losses)
     return (f"first evaluation (step {firsts[0].get('step')}): val_loss {min(losses):.4f}..{max(losses):.4f}, "
@@ -339,10 +346,11 @@ def print_replay_part(rows: list[dict[str, Any]], curves: list[list[dict[str, An
 
 
 def replay_kept(workdir: Path, runs: int) -> list[dict[str, Any]]:
-    """The replay of an earlier run's search without stopping, kept with `--workdir`."""
+    """ASHA replayed on the search without stopping that ran in `workdir` (this run's, or an
+    earlier one kept with `--workdir`)."""
     import yaml
 
-    experiment = yaml.safe_load((workdir / "asha-none.yaml").read_text())
+    experiment = yaml.safe_load((workdir / f"{NO_STOPPING}.yaml").read_text())  # as harness.run_search wrote it
     curves = trial_curves(workdir / "results" / experiment["name"] / "tune")
     rows = replay_rows(experiment, curves, runs)
     print_replay_part(rows, curves)
@@ -371,6 +379,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="keep the searches' files (logs, Tune records, MLflow) here; default: a temporary folder")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
+    if args.replay:
+        return harness.keep(replay_kept(args.replay, args.replays or REPLAY_RUNS), args.json)
     optuna.logging.set_verbosity(logging.WARNING)
     choices = QUICK_CHOICES if args.quick else CHOICES
     ks = [2, 4, 8] if args.quick else [8, 16, 32, 64]
@@ -378,8 +388,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     table_sizes = harness.Sizes(train_examples=32 if args.quick else 768, eval_examples=32 if args.quick else 256)
     asha_sizes = harness.Sizes(train_examples=64 if args.quick else 1536, eval_examples=32 if args.quick else 256,
                                evaluations=2 if args.quick else 8)
-    if args.replay:
-        return harness.keep(replay_kept(args.replay, args.replays or REPLAY_RUNS), args.json)
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -402,9 +410,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             experiments = asha_experiments(args.data, asha_sizes, search, graces)
             asha_part = asha_rows(experiments, Path(tmp))
             print_asha_part(asha_part, asha_sizes)
-            curves = trial_curves(Path(tmp) / "results" / experiments["none"]["name"] / "tune")
-            replay_part = replay_rows(experiments["none"], curves, args.replays or (20 if args.quick else REPLAY_RUNS))
-            print_replay_part(replay_part, curves)
+            replay_part = replay_kept(Path(tmp), args.replays or (20 if args.quick else REPLAY_RUNS))
             rows += asha_part + replay_part
     print(f"\nmodel {harness.MODEL}, data {args.data}; table space {json.dumps(choices)}"
           + ("" if args.quick else f"; ASHA space {json.dumps(ASHA_CHOICES)}"))

@@ -32,10 +32,10 @@ from torch import nn
 
 from trainables.adapters.base import COMMON_HYPERPARAMS, Options
 from trainables.adapters.lora import LoRA, lora_layers
+from trainables.models import classifier_head_names, linear_module_names, matches_target, resolve_target_modules
 
 if TYPE_CHECKING:  # PEFT is imported where a model is built (see lora.py).
     from peft import LoraConfig
-from trainables.models import classifier_head_names, linear_module_names, matches_target, resolve_target_modules
 
 
 class GoRAOptions(Options):
