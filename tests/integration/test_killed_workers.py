@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -64,22 +63,15 @@ def written_step(checkpoint_dir: str) -> int:
 
 
 def tune_checkpoint(trial: Path) -> tuple[str, int] | None:
-    """(directory, step) of an inline trial's newest checkpoint in Tune's saved experiment
-    state (saved every second here: TUNE_GLOBAL_CHECKPOINT_S). A checkpoint folder appears
-    before Tune's driver has registered it (a save round trip to the trial's process), and a
-    retry gets back only a registered one: one in the saved state is, or a newer one."""
-    trial_id = trial.name.removeprefix("run_trial_").split("_")[0]
-    try:
-        (state_file,) = trial.parent.glob("experiment_state-*.json")
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):  # not saved yet, or being written
-        return None
-    for trial_state, metadata in state["trial_data"]:
-        if json.loads(trial_state)["trial_id"] == trial_id:
-            manager = pickle.loads(bytes.fromhex(json.loads(metadata)["checkpoint_manager"]["value"]))
-            latest = manager.latest_checkpoint_result
-            return (Path(latest.checkpoint.path).name, int(latest.metrics["step"])) if latest else None
-    return None
+    """(directory, step) of a checkpoint Tune's driver has registered for an inline trial, read
+    from the trial's folder as it is written. A Tune function trainable reports synchronously:
+    `train.report` writes checkpoint i's folder, then blocks until the driver asks for the next
+    result, which it does only after it has registered checkpoint i. So once folder i + 1
+    exists, checkpoint i is registered (and a retry gets it back, or a newer one). Tune's saved
+    experiment state says the same, but it is written at most once a second and copied to the
+    results folder in the background, late enough that a short trial can end first."""
+    written = sorted(path.name for path in trial.glob("checkpoint_*"))
+    return (written[-2], written_step(written[-2])) if len(written) >= 2 else None
 
 
 def newest_written(trial: Path) -> int:
@@ -95,11 +87,14 @@ class Runner:
     runs_glob: str  # under the search's results folder
     latest: Callable[[Path], tuple[str, int] | None]
     worker_title: str
+    # how far past `latest` the trial may already have written: a kill after the last step's
+    # checkpoint leaves the retry nothing to train
+    ahead: int
 
 
 RUNNERS = {
-    "ray_train": Runner(False, "faults/train/train-*", train_checkpoint, "RayTrainWorker"),
-    "inline": Runner(True, "faults/tune/run_trial_*", tune_checkpoint, "ImplicitFunc"),
+    "ray_train": Runner(False, "faults/train/train-*", train_checkpoint, "RayTrainWorker", 0),
+    "inline": Runner(True, "faults/tune/run_trial_*", tune_checkpoint, "ImplicitFunc", EVAL_EVERY),
 }
 
 
@@ -128,7 +123,7 @@ class Killer(threading.Thread):
                     continue
                 latest = self.runner.latest(run)
                 workers = [w for w in processes(self.runner.worker_title) if w.pid not in killed]
-                if latest and latest[0] != last_seen[run] and workers and latest[1] < STEPS:
+                if latest and latest[0] != last_seen[run] and workers and latest[1] + self.runner.ahead < STEPS:
                     last_seen[run] = latest[0]
                     for worker in workers:
                         killed.add(worker.pid)
@@ -150,8 +145,7 @@ def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(r
         resources={"workers_per_trial": 1, "cpus_per_worker": 1, "inline_single_worker": runner.inline},
     )
     results, uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TRAIN_V2_ENABLED": "1", "RAY_USAGE_STATS_ENABLED": "0",
-           "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune's saved state: what tune_checkpoint reads
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TRAIN_V2_ENABLED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     # The first trial loses its worker once (1 retry left: it resumes), the second twice (it errors).
     killer = Killer(results, runner, kills=[1, 2])
@@ -178,8 +172,8 @@ def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(r
     _, killed_at, written = killer.log[0]  # the newest registered and written checkpoints' steps at the kill
     assert resumed_from, f"the retried worker started again from step 0: {killer.log}, {steps}"
     # Ray Train's snapshot is written as it registers a checkpoint: the retry gets exactly
-    # that one. Tune's saved state lags its registrations (by up to a second here), so an
-    # inline retry gets that one or a newer one the driver registered before the kill.
+    # that one. An inline trial's folders show a checkpoint the driver has registered, and it
+    # may have registered the next one before the kill: the retry gets one of those.
     (resumed,) = {m.value for m in resumed_from}
     assert killed_at <= resumed <= written and (runner.inline or resumed == killed_at), (killer.log, resumed_from)
     assert min(m.step for m in resumed_from) > resumed, (killer.log, resumed_from)
