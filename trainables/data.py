@@ -58,7 +58,14 @@ def num_labels(splits: DatasetDict) -> int:
     feature = splits["train"].features["labels"]
     if isinstance(feature, ClassLabel):
         return feature.num_classes
-    return int(max(max(split["labels"]) for split in splits.values())) + 1
+    return int(max(max(column(split, "labels")) for split in splits.values())) + 1
+
+
+def column(split: Dataset, name: str) -> list:
+    """A column's values as a list, read in one Arrow pass. `split[name]` alone is a lazy
+    column (datasets >= 4) that decodes one row at a time: 1.1 s per pass over SST-2's 67k
+    training rows, against a few milliseconds here."""
+    return split[name][:]
 
 
 def resolve_text_fields(dataset: Dataset, text_fields: list[str] | str | None, label_field: str = "label") -> list[str]:
@@ -135,7 +142,7 @@ def _is_labelled(split: Dataset, label_field: str) -> bool:
     """GLUE-style test splits carry label -1 (or None) everywhere."""
     if label_field not in split.column_names:
         return False
-    return any(label not in (None, -1) for label in split[label_field])
+    return any(label not in (None, -1) for label in column(split, label_field))
 
 
 def _load_local(source: str, seed: int, read: Callable[[Path], Dataset] | None = None) -> DatasetDict:
@@ -198,7 +205,7 @@ def _encode_labels(splits: DatasetDict, label_field: str) -> DatasetDict:
         names = list(feature.names)
         index: dict[Any, int] = {i: i for i in range(len(names))}
     else:
-        values = {v for split in splits.values() for v in split[label_field]}
+        values = {v for split in splits.values() for v in column(split, label_field)}
         try:
             ordered = sorted(values)
         except TypeError:  # mixed types: a stable order all the same
@@ -208,7 +215,7 @@ def _encode_labels(splits: DatasetDict, label_field: str) -> DatasetDict:
     class_label = ClassLabel(names=names)
     encoded = DatasetDict()
     for name, split in splits.items():
-        labels = [index[v] for v in split[label_field]]
+        labels = [index[v] for v in column(split, label_field)]
         if label_field in split.column_names:
             split = split.remove_columns(label_field)
         encoded[name] = split.add_column("labels", labels, feature=class_label)
@@ -216,7 +223,7 @@ def _encode_labels(splits: DatasetDict, label_field: str) -> DatasetDict:
 
 
 def _drop_unlabelled(split: Dataset, label_field: str, missing: tuple) -> Dataset:
-    keep = [i for i, v in enumerate(split[label_field]) if v not in missing]
+    keep = [i for i, v in enumerate(column(split, label_field)) if v not in missing]
     return split if len(keep) == len(split) else split.select(keep).flatten_indices()
 
 

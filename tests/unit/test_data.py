@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from datasets import Dataset
 
-from trainables.data import demo_task, load_splits, num_labels, tokenize_splits
+from trainables.data import column, demo_task, load_splits, num_labels, tokenize_splits
 
 SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"  # ../shared beside the checkout
 
@@ -145,7 +146,17 @@ def test_sst2_folder_loads_with_limit():
     assert num_labels(splits) == 2
     assert splits["train"].column_names == ["sentence", "labels"]
     again = load_splits({"dataset": str(SST2), "max_train_examples": 500}, seed=0)
-    assert again["train"]["sentence"] == splits["train"]["sentence"]
+    assert column(again["train"], "sentence") == column(splits["train"], "sentence")
+
+
+def test_column_reads_the_rows_a_shuffled_selection_holds():
+    """A split after shuffle/select is an index mapping over the file's table: the column
+    must come back in the selection's order, not the table's."""
+    table = Dataset.from_dict({"n": list(range(100)), "label": [i % 3 for i in range(100)]})
+    selection = table.shuffle(seed=1).select(range(10, 30))
+    assert column(selection, "n") == [row["n"] for row in selection]
+    assert column(selection, "n") != list(range(10, 30))
+    assert column(selection, "label") == [n % 3 for n in column(selection, "n")]
 
 
 def test_tokenize_splits_fixed_length_tensors():
