@@ -40,10 +40,10 @@ trial evaluated (reported, checkpointed) the same number of times.
 
     python benchmarks/overhead.py            # full: 4 trials of 16, then of 64 steps (MiniLM, SST-2: 256 / 1,024
                                              #   train and 128 dev examples, batch 16, 4 evaluations), each
-                                             #   length: plain, inline, ray_train; ~15 min on 2 CPU cores
+                                             #   length: plain, inline, ray_train; ~9 min on 2 CPU cores
     python benchmarks/overhead.py --runners inline --steps 64 --repeats 3
                                              # 3 pairs of runs, alternating, of the default runner at 64
-                                             #   steps: how much the ratio moves from run to run; ~10 min
+                                             #   steps: how much the ratio moves from run to run; ~9 min
     python benchmarks/overhead.py --quick    # 1 trial of 4 steps, inline only: checks the script runs;
                                              #   under a minute
 """
