@@ -21,7 +21,7 @@ import mlflow
 import psutil
 import pytest
 
-from tiny_search import write_experiment
+from tiny_search import checkpoint_step, write_experiment
 from trainables.checkpoint import STATE_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,13 +55,6 @@ def train_checkpoint(run: Path) -> tuple[str, int] | None:
     return (latest["checkpoint_dir_name"], int(latest["metrics"]["step"])) if latest else None
 
 
-def written_step(checkpoint_dir: str) -> int:
-    """Tune numbers an inline trial's checkpoint folders 0, 1, ... in report order and the
-    trial reports every 4 steps, so checkpoint i holds step 4(i + 1) (the kills below come
-    before any restart renumbers them)."""
-    return EVAL_EVERY * (int(checkpoint_dir.rsplit("_", 1)[1]) + 1)
-
-
 def tune_checkpoint(trial: Path) -> tuple[str, int] | None:
     """(directory, step) of a checkpoint Tune's driver has registered for an inline trial, read
     from the trial's folder as it is written. A Tune function trainable reports synchronously:
@@ -71,13 +64,13 @@ def tune_checkpoint(trial: Path) -> tuple[str, int] | None:
     experiment state says the same, but it is written at most once a second and copied to the
     results folder in the background, late enough that a short trial can end first."""
     written = sorted(path.name for path in trial.glob("checkpoint_*"))
-    return (written[-2], written_step(written[-2])) if len(written) >= 2 else None
+    return (written[-2], checkpoint_step(written[-2], EVAL_EVERY)) if len(written) >= 2 else None
 
 
 def newest_written(trial: Path) -> int:
     """The step of the newest checkpoint folder an inline trial has written (registered or not)."""
     written = sorted(trial.glob(f"checkpoint_*/{STATE_FILE}"))
-    return written_step(written[-1].parent.name) if written else 0
+    return checkpoint_step(written[-1].parent.name, EVAL_EVERY) if written else 0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import mlflow
 import optuna
 import pytest
 
-from tiny_search import write_experiment
+from tiny_search import checkpoint_step, write_experiment
 from trainables.checkpoint import STATE_FILE
 
 pytestmark = pytest.mark.integration
@@ -51,38 +50,27 @@ def child_runs(uri: str, name: str) -> list:
     return [r for r in client.search_runs([experiment.experiment_id]) if "raysearch.trial_id" in r.data.tags]
 
 
-def tune_terminated(results: Path) -> int:
-    """Trials the Tune experiment state (what `resume` restores) records as finished."""
-    states = sorted(results.glob("tune/experiment_state-*.json"))
-    if not states:
-        return 0
-    text = states[-1].read_text().replace('\\"', '"')
-    return len(re.findall(r'"status": "TERMINATED"', text))
-
-
-def saved_mid_trial(results: Path) -> set[str]:
-    """Trials the Tune experiment state (what `resume` restores) records as running with a
-    registered checkpoint: killed now, the driver leaves them to continue from it. Tune writes
-    that state at most once a second here and copies it to the results folder in the
-    background, so a checkpoint folder on disk alone does not say that resume will know it."""
+def saved_trials(results: Path) -> list[tuple[str, bool]]:
+    """(status, whether it has a registered checkpoint) of each trial in the Tune experiment
+    state, what `resume` restores. Tune writes that state at most once a second here and
+    copies it to the results folder in the background, so a checkpoint folder on disk alone
+    does not say that resume will know it."""
     states = sorted(results.glob("tune/experiment_state-*.json"))
     try:
         state = json.loads(states[-1].read_text())
     except (IndexError, OSError, ValueError):  # not saved yet, or being copied
-        return set()
-    found = set()
+        return []
+    trials = []
     for trial_state, metadata in state["trial_data"]:
-        trial = json.loads(trial_state)
         manager = pickle.loads(bytes.fromhex(json.loads(metadata)["checkpoint_manager"]["value"]))
-        if trial["status"] == "RUNNING" and manager.latest_checkpoint_result is not None:
-            found.add(trial["trial_id"])
-    return found
+        trials.append((json.loads(trial_state)["status"], manager.latest_checkpoint_result is not None))
+    return trials
 
 
 def mid_trial_checkpoints(results: Path) -> dict[str, int]:
     """Trial id -> step of the newest checkpoint an unfinished (inline) trial has written to
     its Tune trial folder `run_trial_<trial id>_<index>_...`. Tune numbers checkpoints 0, 1, ... in
-    report order, one per evaluation: checkpoint i holds step 4(i + 1). A finished trial's
+    report order, one per evaluation (tiny_search.checkpoint_step). A finished trial's
     last checkpoint holds its exported adapter instead of a training state."""
     found = {}
     for trial in results.glob("tune/run_trial_*"):
@@ -90,7 +78,7 @@ def mid_trial_checkpoints(results: Path) -> dict[str, int]:
         if not checkpoints or not (checkpoints[-1] / STATE_FILE).is_file():
             continue
         trial_id = trial.name.removeprefix("run_trial_").split("_")[0]
-        found[trial_id] = EVAL_EVERY * (int(checkpoints[-1].name.rsplit("_", 1)[1]) + 1)
+        found[trial_id] = checkpoint_step(checkpoints[-1].name, EVAL_EVERY)
     return found
 
 
@@ -114,7 +102,11 @@ def test_driver_killed_after_k_trials_resumes_to_n_finished_once(tmp_path, tiny_
         deadline = time.time() + 420
         while time.time() < deadline:
             finished = [r for r in child_runs(uri, "crash") if r.data.tags.get("raysearch.status") in FINISHED]
-            if len(finished) >= 2 and tune_terminated(results / "crash") >= 2 and saved_mid_trial(results / "crash"):
+            saved = saved_trials(results / "crash")
+            terminated = sum(status == "TERMINATED" for status, _ in saved)
+            # a trial resume will continue from its checkpoint
+            mid_trial = any(status == "RUNNING" and checkpointed for status, checkpointed in saved)
+            if len(finished) >= 2 and terminated >= 2 and mid_trial:
                 break
             assert driver.poll() is None, "the search ended before it could be interrupted"
             time.sleep(0.2)

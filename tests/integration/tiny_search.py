@@ -1,4 +1,5 @@
-"""The tiny experiment file integration searches run: the tiny model, few examples, few steps."""
+"""The tiny experiment file integration searches run (the tiny model, few examples, few steps),
+and what their inline trials leave in Tune's trial folders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,3 +32,11 @@ def write_experiment(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def checkpoint_step(checkpoint_dir: str, eval_every: int) -> int:
+    """The step an inline trial's checkpoint folder holds. Tune numbers the folders
+    checkpoint_000000, 1, ... in report order and the trial reports (and checkpoints) every
+    `eval_every` steps, so checkpoint i holds step eval_every * (i + 1), until a retry or a
+    resume renumbers them."""
+    return eval_every * (int(checkpoint_dir.rsplit("_", 1)[1]) + 1)
