@@ -201,11 +201,12 @@ def _encode_labels(splits: DatasetDict, label_field: str) -> DatasetDict:
     feature = splits["train"].features[label_field]
     missing = (None, -1) if isinstance(feature, ClassLabel) else (None,)
     splits = DatasetDict({name: _drop_unlabelled(split, label_field, missing) for name, split in splits.items()})
+    labels = {name: column(split, label_field) for name, split in splits.items()}
     if isinstance(feature, ClassLabel):
         names = list(feature.names)
         index: dict[Any, int] = {i: i for i in range(len(names))}
     else:
-        values = {v for split in splits.values() for v in column(split, label_field)}
+        values = {v for split_labels in labels.values() for v in split_labels}
         try:
             ordered = sorted(values)
         except TypeError:  # mixed types: a stable order all the same
@@ -215,10 +216,8 @@ def _encode_labels(splits: DatasetDict, label_field: str) -> DatasetDict:
     class_label = ClassLabel(names=names)
     encoded = DatasetDict()
     for name, split in splits.items():
-        labels = [index[v] for v in column(split, label_field)]
-        if label_field in split.column_names:
-            split = split.remove_columns(label_field)
-        encoded[name] = split.add_column("labels", labels, feature=class_label)
+        codes = [index[v] for v in labels[name]]
+        encoded[name] = split.remove_columns(label_field).add_column("labels", codes, feature=class_label)
     return encoded
 
 
