@@ -1,5 +1,6 @@
 """AdaLoRA: the real step count reaches PEFT, the budget schedule prunes to target_r,
-the orthogonality penalty is in the training loss, and the export is the trained model."""
+the orthogonality penalty is in the training loss (once, for both task types), and the
+export is the trained model."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,9 @@ from tiny_bert import attached as attach_tiny
 
 from trainables.adapters import ADAPTERS
 from trainables.adapters.adalora import AdaLoRA, AdaLoRAOptions
+from trainables.instructions import IGNORE_INDEX
+from trainables.models import tiny_config
+from trainables.tasks import CausalLMTask
 
 CONFIG = {**ADAPTER_CONFIG, "rank": 6}
 
@@ -173,6 +177,84 @@ def test_orthogonality_penalty_is_in_the_training_loss_only(base_dir):
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, data["labels"]))
     model.train()  # and back on
     torch.testing.assert_close(model(**data).loss, task + 0.3 * penalty)
+
+
+def test_classification_counts_the_penalty_once(base_dir):
+    """PEFT adds it through `labels`; extra_loss adds nothing on top."""
+    adapter, model = attached(base_dir, 10, orth_reg_weight=0.3)
+    train(adapter, model, 2)
+    data = batch(7)
+    model.train()
+    out = model(**data)
+    assert adapter.extra_loss(model, 3) is None
+    task = torch.nn.functional.cross_entropy(out.logits, data["labels"])
+    torch.testing.assert_close(out.loss, task + 0.3 * orth_penalty(model))
+
+
+def causal_attached(total_steps: int, **overrides):
+    """AdaLoRA on a tiny LLaMA causal LM (vocab 128, seed 0), attached as the loop does."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    torch.manual_seed(1)
+    adapter = AdaLoRA({**CONFIG, **overrides}, "causal_lm", total_steps=total_steps)
+    return adapter, adapter.attach(base)
+
+
+def causal_batch(seed: int) -> dict[str, torch.Tensor]:
+    """Eight records of twelve tokens; the first five are the prompt, which has no loss."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 128, (8, 12), generator=g)
+    labels = ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def causal_training_loss(adapter, model, task: CausalLMTask, step: int) -> torch.Tensor:
+    """What the loop trains on: the task's loss (no `labels` reach the model) plus extra_loss."""
+    loss = task.loss(model, causal_batch(step))
+    extra = adapter.extra_loss(model, step)
+    return loss if extra is None else loss + extra
+
+
+def test_causal_lm_training_loss_has_the_penalty_peft_adds_with_labels():
+    adapter, model = causal_attached(10, orth_reg_weight=0.3)
+    task = CausalLMTask({"precision": "fp32"}, torch.device("cpu"), seed=0)
+    optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
+    model.train()
+    for step in (1, 2):  # the loop's order, to move off the init so the penalty is not just √r
+        causal_training_loss(adapter, model, task, step).backward()
+        optimizer.step()
+        adapter.after_step(model, step, causal_batch(step))
+        optimizer.zero_grad()
+    data = causal_batch(7)
+    total = causal_training_loss(adapter, model, task, 7)
+    task_loss = task.loss(model, data)
+    penalty = orth_penalty(model)
+    assert penalty > 1.0
+    torch.testing.assert_close(total, task_loss + 0.3 * penalty)
+    # PEFT's own number: its loss with labels, minus the plain next-token cross-entropy
+    out = model(**data)
+    shifted = data["labels"][:, 1:].reshape(-1)
+    plain = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.size(-1)), shifted)
+    torch.testing.assert_close(adapter.extra_loss(model, 7), out.loss - plain)
+    torch.testing.assert_close(total, out.loss)
+    total.backward()  # the penalty trains A and B even while Λ = 0 gives them no task gradient
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n)
+
+
+def test_causal_lm_penalty_is_absent_in_eval_mode():
+    adapter, model = causal_attached(10, orth_reg_weight=0.3)
+    task = CausalLMTask({"precision": "fp32"}, torch.device("cpu"), seed=0)
+    model.eval()
+    assert adapter.extra_loss(model, 1) is None
+    torch.testing.assert_close(causal_training_loss(adapter, model, task, 1), task.loss(model, causal_batch(1)))
+    torch.testing.assert_close(model(**causal_batch(1)).loss, task.loss(model, causal_batch(1)))  # nor from PEFT
+    model.train()  # and back on
+    assert adapter.extra_loss(model, 1) is not None
+    assert AdaLoRA({**CONFIG, "orth_reg_weight": 0.0}, "causal_lm", total_steps=10).extra_loss(model, 1) is None
 
 
 def test_penalty_gives_a_and_b_gradients_at_the_first_step(base_dir):

@@ -10,6 +10,9 @@ Fine-Tuning", ICLR) through PEFT's `AdaLoraConfig`.
 
 PEFT computes all of it; this class sets `total_step` from the trial's real step count,
 calls `update_and_allocate` after every optimizer step, and exports plain LoRA.
+PEFT adds the penalty in its forward only when the model is given `labels`: classification
+trials get it there, causal-LM trials (whose loss is computed from the logits, without
+`labels`) get PEFT's same term from `extra_loss`, so each task type counts it exactly once.
 Deviations from the paper, all PEFT's or explained below:
 - the penalty is PEFT's (Frobenius norms averaged over matrices; the paper sums squared
   norms), and it is added in training only: in eval mode the loss is the task loss, so
@@ -29,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -52,6 +56,17 @@ def quiet_rank_zero_slices() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*invalid shape", category=PeftWarning)
         yield
+
+
+def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
+    """The term `AdaLoraModel.forward` adds when given labels, in PEFT's order of operations
+    (so the same float): mean over every Q = lora_A, P = lora_B of ‖QQᵀ − I‖_F, ‖PᵀP − I‖_F."""
+    norms = []
+    for name, p in model.named_parameters():
+        if ("lora_A" in name or "lora_B" in name) and ADAPTER_NAME in name:
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            norms.append(torch.norm(cov - torch.eye(*cov.size(), out=torch.empty_like(cov)), p="fro"))
+    return sum(norms) / len(norms)
 
 
 class AdaLoRAOptions(Options):
@@ -133,6 +148,13 @@ class AdaLoRA(LoRA):
 
         peft_model.base_model.register_forward_pre_hook(penalty_in_training_only)
         return peft_model
+
+    def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
+        """The penalty for causal-LM trials in training: their loss calls the model without
+        `labels`, so PEFT's forward adds nothing. Classification gets it from PEFT (None here)."""
+        if self.task_type != "causal_lm" or not model.training or self.opts.orth_reg_weight == 0:
+            return None
+        return self.opts.orth_reg_weight * orthogonality_penalty(model)
 
     def after_step(self, model: nn.Module, step: int, batch: dict[str, Any]) -> None:
         # Equal ranks leave nothing to prune (and PEFT's kthvalue would fail on k = 0).

@@ -78,7 +78,7 @@ class Adapter(Protocol):
         """Optimizer parameter groups (LoRA+ ratios, gate optimizers...)."""
 
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
-        """Added to the task loss at every step (SaLoRA penalties)."""
+        """Added to the task loss at every step (SaLoRA penalties, AdaLoRA's on causal LM)."""
 
     def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
         """After `optimizer.step()`, before `zero_grad()` (SoRA prox, AdaLoRA allocation)."""
