@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from raysearch import storage
-from raysearch.spec import Problem, Spec
+from raysearch.spec import Problem, Spec, dataset_paths
 from trainables.files import VALIDATION_STEMS, find_split_file
 
 HTTP_TIMEOUT_S = 3.0
@@ -81,15 +81,16 @@ def columns_of(path: Path) -> list[str] | None:
 
 
 def dataset_problems(spec: Spec) -> list[Problem]:
+    problems = []
+    for where, source in dataset_paths(spec.task):
+        if _is_local(source) and not Path(source).expanduser().exists():  # hf: ids are not looked up (offline)
+            problems.append(Problem(where, source, "no such file or folder. Give an existing .csv/.tsv/.json/.jsonl/"
+                                    ".parquet file or a folder with train.* (and validation.*/dev.*), hf:<id>, "
+                                    "or builtin:demo"))
     source = spec.task.dataset
-    if not _is_local(source):
-        return []  # hf: ids are not looked up (offline); builtin: is always there
+    if problems or spec.task.type != "classification" or not _is_local(source):
+        return problems
     path = Path(source).expanduser()
-    if not path.exists():
-        return [Problem("task.dataset", source, "no such file or folder. Give an existing .csv/.tsv/.json/.jsonl/"
-                        ".parquet file or a folder with train.* (and validation.*/dev.*), hf:<id>, or builtin:demo")]
-    if spec.task.type != "classification":
-        return []
     problems = []
     wanted = [("task.label_field", spec.task.label_field)]
     wanted += [("task.text_fields", name) for name in spec.task.text_fields or []]
@@ -111,6 +112,14 @@ def model_problems(spec: Spec) -> list[Problem]:
     """A local model folder must exist. `builtin:` models ship with the package; hub ids
     (`name` or `org/name`) are not checked: that needs the network (HF_HUB_OFFLINE)."""
     name = spec.model
+    if name == "builtin:smollm2":
+        from trainables.pretrained import smollm2_gguf  # the file only: nothing is converted here
+
+        try:
+            smollm2_gguf()
+        except ValueError as error:
+            return [Problem("model", name, str(error))]
+        return []
     if name.startswith("builtin:"):
         return []
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1

@@ -52,8 +52,43 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
 CAUSAL_LM_METRICS = ("answer_accuracy",)
 _METRICS_HELP = "must be one of 'accuracy', 'f1' or 'matthews' (classification) or 'answer_accuracy' (causal_lm)"
 # Fields that only one task type reads: set for the other type they are an error.
-CAUSAL_LM_ONLY = ("prompt_template", "answer_pattern", "max_new_tokens", "max_generation_examples")
+CAUSAL_LM_ONLY = ("prompt_template", "answer_pattern", "max_new_tokens", "max_generation_examples", "scoring")
 CLASSIFICATION_ONLY = ("text_fields", "label_field")
+
+
+class SourceSpec(_Model):
+    """One source of instruction records (task.type causal_lm). A file of instruction records
+    needs `path` only; any labelled table (csv/tsv/json/parquet, e.g. SST-2) becomes instruction
+    records through `instruction` and `output`, templates over its columns, where `{answer}` is
+    the label written as `label_names[label]`."""
+
+    path: str
+    """A file, a folder with train.* and validation.*, or hf:<id>[:<config>]."""
+    name: str | None = None
+    """Name in per-source scores (`raysearch evaluate`); default: the file name up to its first dot."""
+    instruction: str | None = None
+    """Template of the instruction over the columns, e.g. "Review: {sentence}\nPositive or negative?".
+    None: the source already holds instruction records (instruction, input, output, answer)."""
+    output: str = "{answer}"
+    """Template of the response the model learns; `{answer}` is the gold answer."""
+    label_field: str = "label"
+    """Column with the label, when `instruction` is set."""
+    label_names: list[str] | None = None
+    """Answer word of label 0, 1, ... (labels that are already words are used as they are)."""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        return _absolute(value)
+
+
+def _absolute(value: str) -> str:
+    # Ray runs trials in their own working directory: an existing relative local path is
+    # made absolute here, on the driver, where it was meant.
+    if value.startswith(("hf:", "builtin:")) or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
 
 
 class TaskSpec(_Model):
@@ -61,9 +96,19 @@ class TaskSpec(_Model):
     """What the model learns: `classification` (a sequence-classification head on the text) or
     `causal_lm` (instruction tuning of a decoder: loss on the response tokens, answers read
     from greedy generation). See docs/causal_lm.md."""
-    dataset: str = "builtin:demo"
+    dataset: str | list[str | SourceSpec] = "builtin:demo"
     """`hf:<id>[:<config>]`, a local file (csv/tsv/json/jsonl/parquet) or directory, or `builtin:demo`
-    (classification only). causal_lm: records with `instruction`, optional `input`, `output`, optional `answer`."""
+    (classification only). causal_lm: records with `instruction`, optional `input`, `output`, optional
+    `answer`; or a list of sources (paths or `{path, instruction, output, label_names}`) mixed
+    into one training set, each split on its own."""
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of each source's training file held out as a test split before anything else is
+    carved from it (seeded by `test_seed` alone, the same in every trial): never trained on,
+    never used to select; `raysearch evaluate` scores it. 0: no test split."""
+    test_seed: int = 0
+    """Seed of the test split's draw (independent of train.seed)."""
+    max_test_examples: int | None = Field(None, gt=0)
+    """Score at most this many test records (per source; None: all)."""
     text_fields: list[str] | None = None
     """classification: columns holding the input text (one or two); None picks them automatically."""
     label_field: str = "label"
@@ -87,8 +132,13 @@ class TaskSpec(_Model):
     max_new_tokens: int = Field(32, gt=0)
     """causal_lm: tokens generated per validation record for answer accuracy."""
     max_generation_examples: int | None = Field(128, gt=0)
-    """causal_lm: validation records answered by generation at each evaluation (None: all);
-    generation costs far more than the loss, this keeps evaluation a small part of a trial."""
+    """causal_lm: validation records answered at each evaluation (None: all); answering costs
+    far more than the loss, this keeps evaluation a small part of a trial."""
+    scoring: Literal["generate", "loglik"] = "generate"
+    """causal_lm: how an answer is chosen: `generate` (greedy generation, the answer read by
+    `answer_pattern`) or `loglik` (the candidate answer whose response has the highest
+    log-likelihood, as lm-evaluation-harness scores multiple choice; candidates from the
+    instruction's "Answer format: a/b/c" line, else every gold answer of the record's source)."""
     target: Literal["attention", "attention_mlp"] = "attention"
     """Layers adapted when adapter.target_modules is unset: the attention projections, or
     attention + MLP projections (as the LLaMA seeds do); known per architecture."""
@@ -100,13 +150,10 @@ class TaskSpec(_Model):
 
     @field_validator("dataset")
     @classmethod
-    def _absolute_dataset(cls, value: str) -> str:
-        # Ray runs trials in their own working directory: an existing relative local path is
-        # made absolute here, on the driver, where it was meant.
-        if value.startswith(("hf:", "builtin:")) or "://" in value:
-            return value
-        path = Path(value).expanduser()
-        return str(path.resolve()) if path.exists() else value
+    def _absolute_dataset(cls, value: str | list) -> str | list:
+        if isinstance(value, str):
+            return _absolute(value)
+        return [_absolute(item) if isinstance(item, str) else item for item in value]
 
     @field_validator("metric")
     @classmethod
@@ -366,7 +413,8 @@ class Spec(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Experiment name (default: the file name without `.yaml`); names the MLflow experiment and results folder."""
     model: str = "builtin:minilm"
-    """HF model id, local path, or `builtin:minilm` (offline)."""
+    """HF model id, local path, or offline built-ins: `builtin:minilm` (encoder, classification),
+    `builtin:smollm2` (SmolLM2-135M-Instruct, causal_lm), `builtin:tiny-llama` (random, tests)."""
     trust_remote_code: bool = False
     """Let transformers run the Python code a model's repository ships (off: only built-in architectures)."""
     task: TaskSpec = Field(default_factory=TaskSpec)
@@ -731,6 +779,22 @@ def _objective_problems(spec: Spec) -> list[Problem]:
     return problems
 
 
+def dataset_paths(task: TaskSpec) -> list[tuple[str, str]]:
+    """(YAML path, data path) of every source of the task."""
+    if isinstance(task.dataset, str):
+        return [("task.dataset", task.dataset)]
+    return [(f"task.dataset[{i}]" + ("" if isinstance(item, str) else ".path"),
+             item if isinstance(item, str) else item.path) for i, item in enumerate(task.dataset)]
+
+
+def source_name(item: str | SourceSpec) -> str:
+    """A source's name in per-source scores: its `name`, else its file name up to the first dot."""
+    if isinstance(item, SourceSpec) and item.name:
+        return item.name
+    path = item if isinstance(item, str) else item.path
+    return Path(path.rstrip("/")).name.split(".")[0] or path
+
+
 def _task_problems(spec: Spec) -> list[Problem]:
     """What the task type rules out: metrics, fields and models of the other type."""
     from trainables.models import CAUSAL_LM_BUILTINS
@@ -747,14 +811,26 @@ def _task_problems(spec: Spec) -> list[Problem]:
             continue  # a default is no choice (and a dumped-and-reloaded spec holds every field)
         problems.append(Problem(f"task.{name}", getattr(task, name), "only used when task.type is "
                                 + ("classification" if causal else "causal_lm")))
-    if causal and task.dataset.startswith("builtin:"):
-        problems.append(Problem("task.dataset", task.dataset, "causal_lm needs instruction records: a .json/.jsonl "
-                                "file, a folder or hf:<id> (e.g. ../shared/data/commonsense/boolq.train.json)"))
+    if not causal and not isinstance(task.dataset, str):
+        problems.append(Problem("task.dataset", task.dataset, "a list of sources is for task.type causal_lm; "
+                                "classification reads one dataset"))
+    for where, path in dataset_paths(task):
+        if causal and path.startswith("builtin:"):
+            problems.append(Problem(where, path, "causal_lm needs instruction records: a .json/.jsonl file, a "
+                                    "folder or hf:<id> (e.g. ../shared/data/commonsense/boolq.train.json)"))
+    if causal and not isinstance(task.dataset, str):
+        names = [source_name(item) for item in task.dataset]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            problems.append(Problem("task.dataset", repeated, "two sources share a name; give them distinct `name`s"))
     if causal and spec.model == "builtin:minilm":
         problems.append(Problem("model", spec.model, "builtin:minilm is an encoder (classification only); use a "
-                                "causal-LM hub id or folder, or builtin:tiny-llama (random weights, for tests)"))
+                                "causal-LM hub id or folder, builtin:smollm2 (pretrained, offline) or builtin:tiny-llama "
+                                "(random weights, for tests)"))
     if not causal and spec.model in CAUSAL_LM_BUILTINS:
-        problems.append(Problem("model", spec.model, "a causal LM with random weights, for task.type causal_lm tests"))
+        what = ("a causal LM with random weights, for task.type causal_lm tests" if spec.model == "builtin:tiny-llama"
+                else "a causal LM (decoder): use it with task.type causal_lm")
+        problems.append(Problem("model", spec.model, what))
     return problems
 
 

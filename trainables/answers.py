@@ -17,6 +17,8 @@ Built-ins, on the seeds' "the correct answer is ..." outputs:
   letters never count: "a" is an article.
 - `number`: the last number, commas dropped, compared as a float within 1e-3
   (GSM8K-style math).
+`auto` falls back to `gold_words` when no built-in reads every gold answer but they are
+at most 32 distinct words: the first of those words in the text (a mix of sources).
 """
 from __future__ import annotations
 
@@ -126,14 +128,22 @@ def answer_pattern(pattern: str, gold_answers: Iterable[str] = ()) -> AnswerPatt
     return AnswerPattern("regex", (re.compile(pattern),))
 
 
+MAX_GOLD_WORDS = 32
+
+
 def infer_pattern(gold_answers: Iterable[str]) -> AnswerPattern:
-    """The first built-in that extracts every gold answer from itself."""
+    """The first built-in that extracts every gold answer from itself; failing that, when the
+    gold answers are a few distinct words (a mix such as BoolQ + ARC + sentiment labels), the
+    first of those words as a whole word, case-insensitive."""
     answers = [str(a) for a in gold_answers if a is not None and str(a).strip()]
     if not answers:
         raise ValueError("answer_pattern 'auto' needs gold answers: the validation records have no `answer`")
     for candidate in BUILTIN_PATTERNS.values():
         if all(candidate.extract(a) == candidate.normalize(a) for a in answers):
             return candidate
+    words = sorted({a.strip().lower() for a in answers}, key=lambda w: (-len(w), w))  # longest first
+    if len(words) <= MAX_GOLD_WORDS and all(re.fullmatch(r"[\w-]+", w) for w in words):
+        return AnswerPattern("gold_words", (_word("|".join(map(re.escape, words))),), case="lower")
     examples = ", ".join(repr(a) for a in answers[:3])
     raise ValueError(
         f"answer_pattern 'auto': no built-in ({', '.join(BUILTIN_PATTERNS)}) reads the gold answers "

@@ -15,6 +15,7 @@ what makes adapter configurations differ after a short fine-tune of MiniLM.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,15 +33,17 @@ FORMATS_HELP = (
 
 
 def load_splits(task: dict[str, Any], seed: int = 0) -> DatasetDict:
-    """Load "train" and "validation" with the text columns and int labels 0..K-1 in "labels"."""
+    """Load "train" and "validation" (and "test" with `task.test_fraction`) with the text
+    columns and int labels 0..K-1 in "labels"."""
     source = str(task["dataset"])
     label_field = task.get("label_field") or "label"
+    held_out = TestSplit.of(task)
     if source.startswith("builtin:"):
         splits = _load_builtin(source, task)
     elif source.startswith("hf:"):
-        splits = _load_hub(source, label_field, seed)
+        splits = _load_hub(source, label_field, seed, held_out)
     else:
-        splits = _load_local(source, seed)
+        splits = _load_local(source, seed, test=held_out)
     for split_name, split in splits.items():
         if label_field not in split.column_names:
             raise ValueError(
@@ -50,8 +53,46 @@ def load_splits(task: dict[str, Any], seed: int = 0) -> DatasetDict:
     text_fields = resolve_text_fields(splits["train"], task.get("text_fields"), label_field)
     splits = _encode_labels(splits, label_field)
     splits = DatasetDict({name: split.select_columns([*text_fields, "labels"]) for name, split in splits.items()})
-    limits = {"train": task.get("max_train_examples"), "validation": task.get("max_eval_examples")}
-    return DatasetDict({name: _subsample(split, limits[name], seed) for name, split in splits.items()})
+    return DatasetDict({name: limit_split(split, name, task, seed) for name, split in splits.items()})
+
+
+def limit_split(split: Dataset, split_name: str, task: dict[str, Any], seed: int) -> Dataset:
+    """At most `max_train_examples` / `max_eval_examples` / `max_test_examples` of the split;
+    the test split's draw uses `test_seed`, so every trial and `raysearch evaluate` agree."""
+    key = {"train": "max_train_examples", "validation": "max_eval_examples", "test": "max_test_examples"}[split_name]
+    return _subsample(split, task.get(key), TestSplit.of(task).seed if split_name == "test" else seed)
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    """`task.test_fraction` of a source's training file, drawn with `task.test_seed` before the
+    validation split: what no trial trains on or is selected by, the same in every trial."""
+
+    fraction: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def of(cls, task: dict[str, Any]) -> TestSplit:
+        return cls(float(task.get("test_fraction") or 0.0), int(task.get("test_seed") or 0))
+
+    def carve(self, train: Dataset) -> tuple[Dataset, Dataset | None]:
+        """(what is left for training and validation, the test split or None)."""
+        if self.fraction <= 0:
+            return train, None
+        if len(train) < 3:
+            raise ValueError(f"need at least 3 examples to carve a test split, got {len(train)}")
+        n_test = max(1, round(self.fraction * len(train)))
+        parts = train.train_test_split(test_size=n_test, seed=self.seed)
+        return parts["train"], parts["test"]
+
+
+def _with_test(train: Dataset, seed: int, test: TestSplit, validation: Dataset | None = None) -> DatasetDict:
+    """Test split first (its own seed), then validation from the rest unless a file gave one."""
+    rest, held_out = test.carve(train)
+    splits = DatasetDict(train=rest, validation=validation) if validation is not None else _carve_validation(rest, seed)
+    if held_out is not None:
+        splits["test"] = held_out
+    return splits
 
 
 def num_labels(splits: DatasetDict) -> int:
@@ -116,14 +157,17 @@ def _load_builtin(source: str, task: dict[str, Any]) -> DatasetDict:
     if source != "builtin:demo":
         raise ValueError(f"unknown built-in dataset {source!r}; built-in datasets: ['builtin:demo']")
     # The demo data stays the same across trials (seed 0); its size follows the limits.
-    return demo_task(
+    splits = demo_task(
         seed=0,
         n_train=task.get("max_train_examples") or 2000,
         n_validation=task.get("max_eval_examples") or 500,
     )
+    if task.get("test_fraction"):  # generated, so the test split is a third stream of its own
+        splits["test"] = _demo_split(0, 2, task.get("max_test_examples") or 500, 0.05)
+    return splits
 
 
-def _load_hub(source: str, label_field: str, seed: int) -> DatasetDict:
+def _load_hub(source: str, label_field: str, seed: int, test: TestSplit = TestSplit()) -> DatasetDict:
     from datasets import load_dataset
 
     dataset_id, _, config = source[len("hf:"):].partition(":")
@@ -134,8 +178,8 @@ def _load_hub(source: str, label_field: str, seed: int) -> DatasetDict:
         raise ValueError(f"dataset {source!r} has no 'train' split; splits: {list(loaded)}")
     for name in ("validation", "dev", "test"):
         if name in loaded and _is_labelled(loaded[name], label_field):
-            return DatasetDict(train=loaded["train"], validation=loaded[name])
-    return _carve_validation(loaded["train"], seed)
+            return _with_test(loaded["train"], seed, test, validation=loaded[name])
+    return _with_test(loaded["train"], seed, test)
 
 
 def _is_labelled(split: Dataset, label_field: str) -> bool:
@@ -145,11 +189,12 @@ def _is_labelled(split: Dataset, label_field: str) -> bool:
     return any(label not in (None, -1) for label in column(split, label_field))
 
 
-def _load_local(source: str, seed: int, read: Callable[[Path], Dataset] | None = None) -> DatasetDict:
+def _load_local(source: str, seed: int, read: Callable[[Path], Dataset] | None = None,
+                test: TestSplit = TestSplit()) -> DatasetDict:
     read = read or _read_file
     path = Path(source).expanduser()
     if path.is_file():
-        return _carve_validation(read(path), seed)
+        return _with_test(read(path), seed, test)
     if not path.is_dir():
         raise ValueError(f"dataset {source!r}: no such file or folder; {FORMATS_HELP}")
     files = sorted(p for p in path.iterdir() if p.is_file())
@@ -160,9 +205,8 @@ def _load_local(source: str, seed: int, read: Callable[[Path], Dataset] | None =
             f"found: {[p.name for p in files]}"
         )
     validation_file = find_split_file(files, VALIDATION_STEMS)
-    if validation_file is None:
-        return _carve_validation(read(train_file), seed)
-    return DatasetDict(train=read(train_file), validation=read(validation_file))
+    validation = read(validation_file) if validation_file is not None else None
+    return _with_test(read(train_file), seed, test, validation=validation)
 
 
 def _read_file(path: Path) -> Dataset:
@@ -234,28 +278,118 @@ def _subsample(split: Dataset, limit: int | None, seed: int) -> Dataset:
 
 # ---------------------------------------------------------------- instruction records (causal_lm)
 
-INSTRUCTION_FIELDS = ("instruction", "input", "output", "answer")
+INSTRUCTION_FIELDS = ("instruction", "input", "output", "answer")  # plus `source`, added per source
 
 
 def load_instruction_splits(task: dict[str, Any], seed: int = 0) -> DatasetDict:
-    """"train" and "validation" instruction records: `instruction`, `input`, `output`, `answer`.
+    """"train" and "validation" (and "test" with `task.test_fraction`) instruction records:
+    `instruction`, `input`, `output`, `answer`, and `source` (the source's name).
 
     `input` and `answer` are optional in the files and come back as "" when absent;
     every value is a string. Sources as for classification: a .json/.jsonl (or
     csv/tsv/parquet) file, a folder with train.* and validation.*/dev.*/val.*, or
     `hf:<id>[:<config>]`; without a validation split, 10% of train is held out.
+    `task.dataset` may list several sources: each is split (and limited by the
+    `max_*_examples`) on its own, then the splits are concatenated.
     """
-    source = str(task["dataset"])
-    if source.startswith("builtin:"):
-        raise ValueError(f"dataset {source!r}: causal_lm tasks have no built-in dataset; "
+    from datasets import concatenate_datasets
+
+    per_source = [_instruction_source(source, task, seed) for source in instruction_sources(task)]
+    names = [name for name in ("train", "validation", "test") if all(name in splits for splits in per_source)]
+    if len(per_source) == 1:
+        return per_source[0]
+    return DatasetDict({name: concatenate_datasets([splits[name] for splits in per_source]) for name in names})
+
+
+def instruction_sources(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """`task.dataset` as a list of source dicts (path, name, instruction, output, label_field, label_names)."""
+    items = task["dataset"] if isinstance(task["dataset"], list) else [task["dataset"]]
+    sources = []
+    for item in items:
+        source = {"path": item} if isinstance(item, str) else dict(item)
+        source.setdefault("name", None)
+        source["name"] = source["name"] or Path(str(source["path"]).rstrip("/")).name.split(".")[0]
+        sources.append(source)
+    return sources
+
+
+def _instruction_source(source: dict[str, Any], task: dict[str, Any], seed: int) -> DatasetDict:
+    path, templated = str(source["path"]), bool(source.get("instruction"))
+    if path.startswith("builtin:"):
+        raise ValueError(f"dataset {path!r}: causal_lm tasks have no built-in dataset; "
                          "give a .json/.jsonl file of instruction records, a folder, or hf:<id>")
-    if source.startswith("hf:"):
-        splits = _load_hub(source, "output", seed)
+    held_out = TestSplit.of(task)
+    if path.startswith("hf:"):
+        splits = _load_hub(path, source.get("label_field") or "label" if templated else "output", seed, held_out)
     else:
-        splits = _load_local(source, seed, read=_read_records)
-    limits = {"train": task.get("max_train_examples"), "validation": task.get("max_eval_examples")}
-    return DatasetDict({name: _instruction_columns(_subsample(split, limits[name], seed), source, name)
-                        for name, split in splits.items()})
+        splits = _load_local(path, seed, read=_read_file if templated else _read_records, test=held_out)
+    out = DatasetDict()
+    for name, split in splits.items():
+        split = limit_split(split, name, task, seed)
+        if templated:
+            split = _records_from_columns(split, source, path)
+        split = _instruction_columns(split, path, name)
+        out[name] = split.add_column("source", [source["name"]] * len(split))
+    return out
+
+
+def _records_from_columns(split: Dataset, source: dict[str, Any], path: str) -> Dataset:
+    """A labelled table as instruction records: the templates filled from each row's columns,
+    `{answer}` the label's name (`label_names[label]`, or the label itself when it is a word)."""
+    label_field, names = source.get("label_field") or "label", source.get("label_names")
+    if label_field not in split.column_names:
+        raise ValueError(f"dataset {path!r}: no label column {label_field!r}; columns: {split.column_names}")
+
+    def answer_of(label: Any) -> str:
+        if names is None:
+            return str(label)
+        try:
+            return str(names[int(label)])
+        except (ValueError, IndexError):
+            raise ValueError(f"dataset {path!r}: label {label!r} has no entry in label_names {names}") from None
+
+    def record(row: dict[str, Any]) -> dict[str, str]:
+        answer = answer_of(row[label_field])
+        try:
+            values = {**{k: "" if v is None else str(v).strip() for k, v in row.items()}, "answer": answer}
+            return {"instruction": source["instruction"].format(**values),
+                    "output": str(source.get("output") or "{answer}").format(**values), "input": "", "answer": answer}
+        except KeyError as missing:
+            raise ValueError(f"dataset {path!r}: template field {missing} is not a column; "
+                             f"columns: {split.column_names}") from None
+
+    return split.map(record, remove_columns=split.column_names)
+
+
+def read_instruction_file(path: Path, limit: int | None = None, seed: int = 0) -> Dataset:
+    """Instruction records from one file (`raysearch evaluate --data`), named by the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such file: {str(path)!r}")
+    split = _instruction_columns(_subsample(_read_records(path), limit, seed), str(path), "test")
+    return split.add_column("source", [path.name.split(".")[0]] * len(split))
+
+
+def read_labelled_file(path: Path, task: dict[str, Any], train: Dataset) -> Dataset:
+    """A classification file (`raysearch evaluate --data`) with the training split's text columns
+    and its labels coded as in training (by the label's name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no such file: {str(path)!r}")
+    split = _subsample(_read_file(path), task.get("max_test_examples"), 0)
+    label_field = task.get("label_field") or "label"
+    text_fields = [c for c in train.column_names if c != "labels"]
+    missing = [c for c in (*text_fields, label_field) if c not in split.column_names]
+    if missing:
+        raise ValueError(f"{str(path)!r}: no column(s) {missing}; its columns: {split.column_names}")
+    names = train.features["labels"].names
+    index = {name: i for i, name in enumerate(names)}
+    labels = [str(v) for v in column(split, label_field)]
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(f"{str(path)!r}: label(s) {unknown[:5]} were not seen in training; known: {names}")
+    return split.select_columns(text_fields).add_column("labels", [index[v] for v in labels],
+                                                        feature=ClassLabel(names=names))
 
 
 def _read_records(path: Path) -> Dataset:

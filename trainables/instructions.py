@@ -19,8 +19,9 @@ the response (and its EOS) only.
 """
 from __future__ import annotations
 
+import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
@@ -122,6 +123,8 @@ class EncodedSplit:
     answers: list[str]  # the records' `answer` ("" when absent)
     outputs: list[str]  # the records' `output`
     dropped: int  # records whose prompt alone filled max_length
+    sources: list[str] = field(default_factory=list)  # the records' `source` ("" when absent)
+    options: list[list[str]] = field(default_factory=list)  # answers the instruction offers ([] when it names none)
 
 
 def encode_records(records: Iterable[dict[str, Any]], template: str, tokenizer: Any, max_length: int) -> EncodedSplit:
@@ -137,10 +140,22 @@ def encode_records(records: Iterable[dict[str, Any]], template: str, tokenizer: 
         split.prompts.append(prompt)
         split.answers.append(str(record.get("answer") or ""))
         split.outputs.append(str(record["output"]))
+        split.sources.append(str(record.get("source") or ""))
+        split.options.append(offered_answers(record))
     if not rows:
         raise ValueError(f"every record's prompt is at least task.max_length={max_length} tokens; raise max_length")
     split.tensors = {key: torch.tensor([row[key] for row in rows], dtype=torch.long) for key in rows[0]}
     return split
+
+
+_ANSWER_FORMAT = re.compile(r"answer format:\s*([^\s/]+(?:\s*/\s*[^\s/]+)+)", re.IGNORECASE)
+
+
+def offered_answers(record: dict[str, Any]) -> list[str]:
+    """The answers an instruction offers in an "Answer format: a/b/c" line (the LLM-Adapters
+    commonsense files all end with one); [] when it has none."""
+    match = _ANSWER_FORMAT.search(f"{record.get('instruction', '')}\n{record.get('input') or ''}")
+    return [option.strip() for option in match.group(1).split("/")] if match else []
 
 
 def left_padded(prompts: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ share of generations in which the pattern found an answer at all.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, ContextManager
 
 import numpy as np
@@ -114,40 +115,59 @@ def score(metric: str, labels: np.ndarray, predicted: np.ndarray) -> float:
     raise ValueError(f"unknown metric {metric!r}; allowed: accuracy, f1, matthews")
 
 
+@dataclass
+class AnswerRecord:
+    """A record answered at evaluation: its prompt, gold answer and what `loglik` chooses from."""
+
+    prompt: list[int]
+    gold: str
+    output: str  # the gold response; a candidate's response is it with the gold answer swapped
+    candidates: list[str]
+    source: str
+
+
 class CausalLMTask(_Task):
     tokenizer: Any
     pattern: AnswerPattern
-    prompts: list[list[int]]  # the generation records: prompts and gold answers
-    gold: list[str]
+    answer_records: list[AnswerRecord]  # the validation records answered at each evaluation
 
     def setup(self, model_name: str, *, trust_remote_code: bool = False) -> tuple[nn.Module, Tensors, Tensors]:
         splits = load_instruction_splits(self.cfg, seed=self.seed)
         model, self.tokenizer = load_causal_lm(model_name, dtype=self.dtype, trust_remote_code=trust_remote_code)
         if self.cfg.get("gradient_checkpointing"):
             enable_gradient_checkpointing(model)
-        template, max_length = self.cfg.get("prompt_template", "alpaca"), self.cfg["max_length"]
-        train = encode_records(splits["train"], template, self.tokenizer, max_length)
-        val = encode_records(splits["validation"], template, self.tokenizer, max_length)
-        self._set_generation_records(val)
+        train = self.encode(splits["train"])
+        val = self.encode(splits["validation"])
+        self.pattern = answer_pattern(self.cfg.get("answer_pattern", "auto"), [a for a in val.answers if a])
+        self.source_answers = gold_answers_by_source([train, val], self.pattern)
+        self.answer_records = self.to_answer_records(val, self.cfg.get("max_generation_examples"))
+        if not self.answer_records:
+            raise ValueError("no validation record has an `answer`, and the answer pattern finds none in `output`")
         return model, train.tensors, val.tensors
 
-    def _set_generation_records(self, val: EncodedSplit) -> None:
-        """The first `max_generation_examples` validation records that have a gold answer."""
-        self.pattern = answer_pattern(self.cfg.get("answer_pattern", "auto"), [a for a in val.answers if a])
-        gold = [answer or self.pattern.extract(output) for answer, output in zip(val.answers, val.outputs)]
-        keep = [i for i, answer in enumerate(gold) if answer]
-        keep = keep[: self.cfg.get("max_generation_examples") or len(keep)]
-        if not keep:
-            raise ValueError("no validation record has an `answer`, and the answer pattern finds none in `output`")
-        self.prompts, self.gold = [val.prompts[i] for i in keep], [str(gold[i]) for i in keep]
+    def encode(self, records: Any) -> EncodedSplit:
+        return encode_records(records, self.cfg.get("prompt_template", "alpaca"), self.tokenizer, self.cfg["max_length"])
+
+    def to_answer_records(self, split: EncodedSplit, limit: int | None = None) -> list[AnswerRecord]:
+        """The first `limit` records of `split` that have a gold answer (in `answer`, or found in `output`)."""
+        records = []
+        for i, (answer, output) in enumerate(zip(split.answers, split.outputs)):
+            gold = answer or self.pattern.extract(output)
+            if not gold:
+                continue
+            source = split.sources[i] if split.sources else ""
+            candidates = split.options[i] if split.options and split.options[i] else self.source_answers.get(source, [])
+            records.append(AnswerRecord(split.prompts[i], str(gold), output, list(candidates), source))
+            if limit and len(records) >= limit:
+                break
+        return records
 
     def loss(self, model: nn.Module, batch: Tensors) -> torch.Tensor:
         """Summed response-token loss / response tokens of the global batch, times the world size:
         DDP's gradient average then equals one worker's gradient on the whole global batch."""
         batch = trim_padding(batch)
-        with self.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss_sum, tokens = response_loss(logits, batch["labels"])
+        logits, labels = response_logits(model, batch, self.autocast())
+        loss_sum, tokens = response_loss(logits, labels)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         global_tokens = sum_across_workers(float(tokens), self.device).clamp(min=1.0).to(loss_sum.dtype)
         return loss_sum * world / global_tokens
@@ -159,37 +179,148 @@ class CausalLMTask(_Task):
         mine = torch.arange(rank, len(val_set["labels"]), world)
         for start in range(0, len(mine), batch_size):
             batch = trim_padding({k: v[mine[start : start + batch_size]].to(self.device) for k, v in val_set.items()})
-            with self.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            batch_loss, batch_tokens = response_loss(logits, batch["labels"])
+            logits, labels = response_logits(model, batch, self.autocast())
+            batch_loss, batch_tokens = response_loss(logits, labels)
             loss_sum, tokens = loss_sum + batch_loss.item(), tokens + batch_tokens
-        correct, parsed = self._score_generations(model, batch_size, rank, world)
+        mine_records = self.answer_records[rank::world]
+        predicted = self.answers(model, mine_records, batch_size)
+        correct = sum(self.pattern.is_correct(p, r.gold) for p, r in zip(predicted, mine_records))
+        parsed = sum(p is not None for p in predicted)
         totals = sum_across_workers([loss_sum, tokens, correct, parsed], self.device).tolist()
-        n = len(self.prompts)
+        n = len(self.answer_records)
         return {"val_loss": totals[0] / max(totals[1], 1.0), "val_answer_accuracy": totals[2] / n,
                 "val_answer_parsed": totals[3] / n}
 
-    def _score_generations(self, model: nn.Module, batch_size: int, rank: int, world: int) -> tuple[int, int]:
-        """Greedy answers to this worker's share of the generation records: (correct, parsed)."""
-        correct = parsed = 0
-        mine = list(range(rank, len(self.prompts), world))
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
-            texts = self.generate(model, [self.prompts[i] for i in chunk])
-            for text, gold in zip(texts, [self.gold[i] for i in chunk]):
-                predicted = self.pattern.extract(text)
-                parsed += predicted is not None
-                correct += self.pattern.is_correct(predicted, gold)
-        return correct, parsed
+    @torch.no_grad()
+    def answers(self, model: nn.Module, records: list[AnswerRecord], batch_size: int) -> list[str | None]:
+        """Each record's answer (normalised by the pattern; None when none was found), by
+        `task.scoring`: greedy generation, or the most likely candidate."""
+        model.eval()
+        if self.cfg.get("scoring", "generate") == "loglik":
+            return [self.pattern.normalize(a) if a is not None else None
+                    for a in self.most_likely(model, records, batch_size)]
+        predicted: list[str | None] = []
+        for start in range(0, len(records), batch_size):
+            texts = self.generate(model, [r.prompt for r in records[start : start + batch_size]])
+            predicted.extend(self.pattern.extract(text) for text in texts)
+        return predicted
 
     def generate(self, model: nn.Module, prompts: list[list[int]]) -> list[str]:
-        """Greedy continuations of the prompts (the new text only)."""
+        """Greedy continuations of the prompts (the new text only): left-padded batches, KV cache,
+        each row done at EOS (the whole batch at `max_new_tokens`)."""
         batch = {k: v.to(self.device) for k, v in left_padded(prompts, self.tokenizer.pad_token_id).items()}
         with self.autocast():
             out = model.generate(**batch, max_new_tokens=self.cfg.get("max_new_tokens", 32), do_sample=False,
                                  use_cache=True, pad_token_id=self.tokenizer.pad_token_id,
                                  eos_token_id=self.tokenizer.eos_token_id)
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def most_likely(self, model: nn.Module, records: list[AnswerRecord], batch_size: int) -> list[str | None]:
+        """For each record, the candidate whose response (the gold response with the gold answer
+        swapped for the candidate) has the highest summed log-likelihood after the prompt, as
+        lm-evaluation-harness scores multiple choice. None for a record without candidates.
+
+        The responses share everything but the answer ("the correct answer is true|false"),
+        and the answers usually differ in one last token: then one forward pass of prompt +
+        shared part gives every candidate's score from its last position (the shared part adds
+        the same log-probability to all); the other records score each candidate in full."""
+        shared: list[tuple[int, list[int], list[int], list[str]]] = []  # (record, prefix, last tokens, candidates)
+        full: list[tuple[int, str, list[int], list[int]]] = []  # (record, candidate, prompt, response)
+        for index, record in enumerate(records):
+            responses = [list(self.tokenizer(candidate_response(record.output, record.gold, c),
+                                             add_special_tokens=False)["input_ids"]) for c in record.candidates]
+            common = common_prefix_length(responses)
+            if responses and all(len(r) == common + 1 for r in responses) and len(set(map(tuple, responses))) == len(responses):
+                shared.append((index, record.prompt + responses[0][:common], [r[common] for r in responses],
+                               record.candidates))
+            else:
+                full.extend((index, c, record.prompt, r) for c, r in zip(record.candidates, responses))
+        best: dict[int, tuple[float, str]] = {}
+        for start in range(0, len(shared), batch_size):
+            chunk = shared[start : start + batch_size]
+            last = self.next_token_logprobs(model, [prefix for _, prefix, _, _ in chunk])
+            for row, (index, _, tokens, candidates) in enumerate(chunk):
+                scores = last[row, tokens].tolist()
+                best[index] = max(zip(scores, candidates), key=lambda pair: pair[0])
+        for start in range(0, len(full), batch_size * 2):
+            chunk = full[start : start + batch_size * 2]
+            scores = self.response_logprobs(model, [(prompt, response) for _, _, prompt, response in chunk])
+            for (index, candidate, _, _), value in zip(chunk, scores):
+                if index not in best or value > best[index][0]:
+                    best[index] = (value, candidate)
+        return [best[i][1] if i in best else None for i in range(len(records))]
+
+    def next_token_logprobs(self, model: nn.Module, sequences: list[list[int]]) -> torch.Tensor:
+        """Log-probabilities of the token after each sequence (left-padded; logits of the last position only)."""
+        batch = {k: v.to(self.device) for k, v in left_padded(sequences, self.tokenizer.pad_token_id).items()}
+        positions = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        with self.autocast():
+            logits = model(**batch, position_ids=positions, logits_to_keep=1).logits
+        return torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+
+    def response_logprobs(self, model: nn.Module, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """Summed log-probability of each response given its prompt (right-padded, one forward)."""
+        width = max(len(p) + len(r) for p, r in pairs)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+        labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (prompt, response) in enumerate(pairs):
+            ids = prompt + response
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, len(prompt) : len(ids)] = torch.tensor(response)
+        batch = {"input_ids": input_ids.to(self.device), "labels": labels.to(self.device),
+                 "attention_mask": (torch.arange(width)[None, :] < torch.tensor([len(p) + len(r) for p, r in pairs])[:, None]).long().to(self.device)}
+        logits, kept = response_logits(model, batch, self.autocast())
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = kept[:, 1:]
+        mask = targets != IGNORE_INDEX
+        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * mask).sum(dim=1).tolist()
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens all sequences share."""
+    if not sequences:
+        return 0
+    length = min(len(s) for s in sequences)
+    for i in range(length):
+        if len({s[i] for s in sequences}) > 1:
+            return i
+    return length
+
+
+def candidate_response(output: str, gold: str, candidate: str) -> str:
+    """The gold response with the last occurrence of the gold answer replaced by `candidate`
+    (case-insensitive); just the candidate when the response does not contain the answer."""
+    at = output.lower().rfind(gold.lower())
+    if at < 0:
+        return candidate
+    return output[:at] + candidate + output[at + len(gold):]
+
+
+def gold_answers_by_source(splits: list[EncodedSplit], pattern: AnswerPattern) -> dict[str, list[str]]:
+    """Every distinct gold answer per source, in first-seen order: `loglik`'s candidates for a
+    record whose instruction names no answer format."""
+    found: dict[str, dict[str, None]] = {}
+    for split in splits:
+        for i, (answer, output) in enumerate(zip(split.answers, split.outputs)):
+            gold = answer or pattern.extract(output)
+            if gold:
+                found.setdefault(split.sources[i] if split.sources else "", {})[str(gold)] = None
+    return {source: list(answers) for source, answers in found.items()}
+
+
+def response_logits(model: nn.Module, batch: Tensors, autocast: ContextManager) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) from the position before the batch's first response token on: the
+    LM head (49k x 576 per position on SmolLM2) runs on the response positions only, not on
+    the prompt's, whose logits the loss never reads (`logits_to_keep`, transformers' own)."""
+    labelled = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
+    width = batch["labels"].shape[1]
+    keep = width - max(0, int(labelled[0]) - 1) if len(labelled) else width
+    with autocast:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=keep).logits
+    return logits, batch["labels"][:, width - keep:]
 
 
 def trim_padding(batch: Tensors) -> Tensors:

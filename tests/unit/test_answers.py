@@ -109,9 +109,20 @@ def test_auto_picks_the_builtin_that_reads_the_gold_answers():
     assert answer_pattern("auto", ["false"]).name == "true_false"
 
 
+def test_auto_reads_a_mix_of_few_gold_words_as_whole_words():
+    pattern = infer_pattern(["true", "answer2", "positive", "negative", "Positive"])
+    assert pattern.name == "gold_words"
+    assert pattern.extract("the correct answer is Negative.") == "negative"
+    assert pattern.extract("answer2, not true") == "answer2"  # the first word in the text
+    assert pattern.extract("nonnegative") is None  # whole words only
+    assert pattern.is_correct(pattern.extract("POSITIVE!"), "positive")
+
+
 def test_auto_without_a_fitting_builtin_asks_for_a_regex():
     with pytest.raises(ValueError, match="set task.answer_pattern to a regular expression"):
-        infer_pattern(["paris", "rome"])
+        infer_pattern(["the capital is paris", "rome"])  # not words
+    with pytest.raises(ValueError, match="set task.answer_pattern to a regular expression"):
+        infer_pattern([f"city{i}x" for i in range(40)])  # too many distinct answers
     with pytest.raises(ValueError, match="no `answer`"):
         infer_pattern(["", None])
 

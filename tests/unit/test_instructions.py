@@ -163,7 +163,8 @@ def test_response_loss_is_the_models_own_loss_on_those_labels(model_and_tokenize
 def test_boolq_file_loads_as_string_records_with_limits():
     splits = load_instruction_splits({"dataset": str(BOOLQ), "max_train_examples": 50, "max_eval_examples": 10}, seed=0)
     assert (len(splits["train"]), len(splits["validation"])) == (50, 10)
-    assert splits["train"].column_names == ["instruction", "input", "output", "answer"]
+    assert splits["train"].column_names == ["instruction", "input", "output", "answer", "source"]
+    assert set(splits["train"]["source"]) == {"boolq"}
     assert set(splits["train"]["answer"]) <= {"true", "false"}  # strings, not booleans
     assert set(splits["train"]["instruction"]).isdisjoint(splits["validation"]["instruction"])
 
