@@ -343,3 +343,67 @@ def test_existing_relative_dataset_path_is_made_absolute(tmp_path, monkeypatch):
     spec = spec_from_dict({**CAUSAL, "task": {"type": "causal_lm", "dataset": "records.json"}})
     assert spec.task.dataset == str(tmp_path / "records.json")
     assert spec_from_dict(CAUSAL).task.dataset == "data/commonsense.json"  # not there: left as written
+
+
+# --- several sources, labelled tables as instruction records, the test split -----------------
+
+
+def _sentiment_tsv(path: Path, n: int = 30) -> Path:
+    rows = ["sentence\tlabel"] + [f"review number {i} \t{i % 2}" for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_labelled_table_becomes_instruction_records(tmp_path):
+    source = {"path": str(_sentiment_tsv(tmp_path / "sst.tsv")), "name": "sst", "label_names": ["negative", "positive"],
+              "instruction": "Review: {sentence}\n\nAnswer format: positive/negative",
+              "output": "the correct answer is {answer}"}
+    splits = load_instruction_splits({"dataset": [source], "test_fraction": 0.2}, seed=0)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (22, 2, 6)
+    record = splits["train"][0]
+    number = int(record["instruction"].split("number ")[1].split("\n")[0])
+    expected = ["negative", "positive"][number % 2]
+    assert record == {"instruction": f"Review: review number {number}\n\nAnswer format: positive/negative",
+                      "input": "", "output": f"the correct answer is {expected}", "answer": expected, "source": "sst"}
+
+
+def test_sources_are_limited_and_split_one_by_one(tmp_path):
+    boolq = tmp_path / "boolq.train.json"
+    boolq.write_text(json.dumps([{"instruction": f"q{i}", "output": "true", "answer": "true"} for i in range(40)]))
+    table = {"path": str(_sentiment_tsv(tmp_path / "sst.tsv", 60)), "instruction": "{sentence}", "label_names": ["no", "yes"]}
+    task = {"dataset": [str(boolq), table], "test_fraction": 0.25, "max_train_examples": 10, "max_test_examples": 5}
+    splits = load_instruction_splits(task, seed=0)
+    for name, per_source in (("train", 10), ("test", 5)):
+        assert sorted(splits[name]["source"]) == ["boolq"] * per_source + ["sst"] * per_source
+    assert sorted(set(splits["validation"]["source"])) == ["boolq", "sst"]
+
+
+def test_template_errors_name_the_columns(tmp_path):
+    table = {"path": str(_sentiment_tsv(tmp_path / "sst.tsv")), "instruction": "{text}"}
+    with pytest.raises(ValueError, match=r"template field 'text' is not a column; columns: \['sentence', 'label'\]"):
+        load_instruction_splits({"dataset": [table]}, seed=0)
+    table = {"path": str(tmp_path / "sst.tsv"), "instruction": "{sentence}", "label_names": ["only-one"]}
+    with pytest.raises(ValueError, match="label 1 has no entry in label_names"):
+        load_instruction_splits({"dataset": [table]}, seed=0)
+
+
+def test_source_lists_are_checked_in_the_spec(tmp_path):
+    problems = _problems({**CAUSAL, "task": {"type": "causal_lm", "dataset": ["builtin:demo", {"path": "a/x.json"},
+                                                                              {"path": "b/x.json"}]}})
+    assert "needs instruction records" in problems["task.dataset[0]"]
+    assert "two sources share a name" in problems["task.dataset"]
+    problems = _problems({"task": {"dataset": ["a.csv"]}, "search": {"space": {"rank": {"choice": [4]}}}})
+    assert "a list of sources is for task.type causal_lm" in problems["task.dataset"]
+    problems = _problems({**CAUSAL, "task": {"type": "causal_lm", "dataset": [{"file": "a.json"}]}})
+    assert any(path.startswith("task.dataset") for path in problems)
+
+
+def test_classification_test_split_is_held_out_before_validation(tmp_path):
+    from trainables.data import load_splits
+
+    table = _sentiment_tsv(tmp_path / "sst.tsv", 100)
+    first = load_splits({"dataset": str(table), "test_fraction": 0.2, "test_seed": 1}, seed=0)
+    other = load_splits({"dataset": str(table), "test_fraction": 0.2, "test_seed": 1}, seed=5)
+    assert len(first["test"]) == 20 and list(first["test"]["sentence"]) == list(other["test"]["sentence"])
+    seen = {*other["train"]["sentence"], *other["validation"]["sentence"]}
+    assert not seen & set(first["test"]["sentence"]) and len(seen) == 80
