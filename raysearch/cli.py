@@ -266,6 +266,62 @@ def export(
                   f"'{adapter}')", highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command()
+def evaluate(
+    name: Optional[str] = typer.Argument(None, help="Search name (omit with --adapter/--space)"),
+    best: bool = typer.Option(False, "--best", help="The search's best trial by validation that ran to the end"),
+    trial: Optional[str] = typer.Option(None, "--trial", help="Tune trial id (or prefix), MLflow run id or run name"),
+    base: bool = typer.Option(False, "--base", help="The model without an adapter (zero-shot)"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="An exported adapter folder (with --space)"),
+    space: Optional[Path] = typer.Option(None, "--space", help="The experiment file of --adapter or --base"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Score these records instead of the test split"),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="causal_lm: generate | loglik (default: the task's)"),
+    max_examples: Optional[int] = typer.Option(None, "--max-examples", help="At most this many records per source"),
+    mlflow_uri: str = typer.Option("sqlite:///mlflow.db", "--mlflow-uri"),
+) -> None:
+    """Score an adapter (or the bare model) on data the search never saw: the experiment's test
+    split (task.test_fraction) or --data FILE. A search's trial gets test_<metric> on its MLflow run."""
+    chosen = sum([best, trial is not None, base and name is not None])
+    if name is not None and chosen != 1:
+        fail("evaluate: with a search name give exactly one of --best, --trial ID or --base.")
+    if name is not None and (adapter is not None or space is not None):
+        fail("evaluate: give a search name, or --adapter DIR / --base with --space FILE, not both.")
+    if name is None and (space is None or (adapter is None) == (not base) or best or trial is not None):
+        fail("evaluate: give a search name with --best, --trial ID or --base; or --space FILE with "
+             "--adapter DIR (an exported adapter) or --base.")
+    if scoring is not None and scoring not in ("generate", "loglik"):
+        fail(f"evaluate: --scoring {scoring!r}: allowed: generate, loglik.")
+    if max_examples is not None and max_examples <= 0:
+        fail(f"evaluate: --max-examples {max_examples}: must be a positive number.")
+    for option, path in (("--data", data), ("--space", space)):
+        if path is not None and not path.is_file():
+            fail(f"evaluate: {option} {path}: no such file.")
+    if adapter is not None and not adapter.is_dir():
+        fail(f"evaluate: --adapter {adapter}: no such folder.")
+    from raysearch.evaluate import evaluate_command
+
+    try:
+        target, result = evaluate_command(name, best=best, trial=trial, base=base, adapter=adapter, space=space,
+                                          data=data, scoring=scoring, max_examples=max_examples, mlflow_uri=mlflow_uri)
+    except SpecError as err:
+        fail(f"evaluate: invalid experiment file:\n{err}")
+    except ValueError as err:
+        fail(f"evaluate: {err}")
+    print_evaluation(target.label, result)
+    if target.run_id is not None:
+        console.print(f"recorded as {target.prefix}{result.metric} on MLflow run {target.run_id}", highlight=False)
+
+
+def print_evaluation(label: str, result) -> None:
+    table = Table(title=f"{label}\n{result.data}")
+    for column in ("source", "records", result.metric, "95% interval", "majority", "chance"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for score in [*result.per_source, result.overall]:
+        table.add_row(score.source, str(score.n), f"{score.value:.4f}", f"{score.low:.4f} - {score.high:.4f}",
+                      fmt(score.majority), fmt(score.chance))
+    console.print(table)
+
+
 def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | None) -> None:
     from raysearch.tracking import leaderboard as rows_for
 

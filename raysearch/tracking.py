@@ -681,6 +681,39 @@ def download_trial(mlflow_uri: str, row: dict, out_dir: Path) -> tuple[Path, str
         return adapter, Path(path).read_text()
 
 
+def latest_search(mlflow_uri: str, experiment_name: str) -> tuple[str, str]:
+    """(parent run id, experiment file YAML) of the most recent search named `experiment_name`."""
+    import mlflow.artifacts
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ValueError(f"no MLflow experiment named {experiment_name!r} at {redact(mlflow_uri)}")
+    parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.\"{TAG_ROLE}\" = 'search'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ValueError(f"experiment {experiment_name!r} has no raysearch search run yet")
+    parent_id = parents[0].info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=EXPERIMENT_ARTIFACT,
+                                                       dst_path=tmp, tracking_uri=mlflow_uri)
+        except Exception as error:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            raise ValueError(f"the search run {parent_id} has no {EXPERIMENT_ARTIFACT}: {error}") from None
+        return parent_id, Path(path).read_text()
+
+
+TAG_TEST = "raysearch.test"  # which records a run's test_* metrics were scored on
+
+
+def log_test_scores(mlflow_uri: str, run_id: str, metrics: Mapping[str, float], data: str, tag: str = TAG_TEST) -> None:
+    """Record test scores on a run (a finished one too: MLflow accepts metrics after the end)."""
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)],
+                     tags=[RunTag(tag, data[:_MAX_TAG_CHARS])])
+
+
 def _trial_checkpoint(trial: Any, result: dict, storage_scheme: str = "") -> Any:
     """The trial's checkpoint: Tune's own, or the Ray Train checkpoint whose path the
     Tune function forwarded (TuneReportCallback reports it as `checkpoint_path`, without
