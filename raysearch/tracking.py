@@ -49,7 +49,7 @@ TAG_REASON = "raysearch.reason"  # why a run was closed by raysearch rather than
 FINISHED_STATUSES = ("completed", "early_stopped")  # trials that count for the Pareto front
 EXPERIMENT_ARTIFACT = "experiment.yaml"  # on the parent run: the validated experiment file
 DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
-_PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch", "resumed_from_step")
+_PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch", "resumed_from_step", "eval_s")
 _MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
 _MAX_TAG_CHARS = 5000
 

@@ -97,6 +97,7 @@ def train(config: dict[str, Any], session: Session) -> None:
     # --- train ----------------------------------------------------------------------
     batches = global_batches(train_set, global_batch, rank, world, train_cfg["seed"], skip=resumed.step)
     loss_sum, loss_count, evaluations = 0.0, 0, resumed.evaluations
+    eval_s = 0.0  # seconds spent evaluating in this run of the loop: what evaluation costs a trial
     for step in range(resumed.step + 1, total_steps + 1):
         model.train()
         batch = {k: v.to(device) for k, v in next(batches).items()}
@@ -119,7 +120,9 @@ def train(config: dict[str, Any], session: Session) -> None:
 
         if step % train_cfg["eval_every_steps"] == 0 or step == total_steps:
             evaluations += 1
+            eval_started_at = time.time()
             metrics = task.evaluate(inner, val_set, global_batch, rank, world)
+            eval_s += time.time() - eval_started_at
             metrics.update(
                 step=step,
                 evaluation=evaluations,  # ASHA's clock: survives restarts, unlike Tune's iteration count
@@ -132,6 +135,7 @@ def train(config: dict[str, Any], session: Session) -> None:
                 diverged=False,
                 loop_started_at=loop_started_at,
                 setup_s=setup_s,
+                eval_s=eval_s,
             )
             if resumed.step:
                 metrics["resumed_from_step"] = resumed.step

@@ -67,6 +67,8 @@ def test_each_evaluation_checkpoints_and_a_restart_continues_exactly(variant, ti
     assert all((c / STATE_FILE).is_file() for _, c in whole[:2])  # training state at each evaluation
     assert (whole[2][1] / "adapter" / "adapter_config.json").is_file()  # the export at the end
     assert all("resumed_from_step" not in m for m, _ in whole)
+    eval_s = [m["eval_s"] for m, _ in whole]  # time spent evaluating so far, for the evaluation's share
+    assert 0 < eval_s[0] < eval_s[1] < eval_s[2]
 
     # A restarted worker given the step-4 checkpoint: the same remaining steps, the same numbers.
     restarted = run_loop(config, FakeSession(tmp_path / "again", resume_from=whole[0][1]))
