@@ -52,6 +52,14 @@ class AnswerPattern:
                 return self.normalize(answer)
         return None
 
+    def match_end(self, text: str) -> int | None:
+        """Where the first regex's first match that gives the answer ends; None without one."""
+        for regex in self.regexes:
+            match = regex.search(text)
+            if match:
+                return match.end()
+        return None
+
     def normalize(self, answer: str) -> str:
         answer = answer.strip()
         if self.numeric:

@@ -44,9 +44,26 @@ class Evaluation:
     data: str  # which records: "test split (...)" or a file
     overall: Score
     per_source: list[Score] = field(default_factory=list)
+    predictions: list[str | None] = field(default_factory=list)  # per record (causal_lm: the answer given)
+    correct: list[bool] = field(default_factory=list)  # per record, for paired comparisons
+    sources: list[str] = field(default_factory=list)  # per record
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float, float]:
+    """Accuracy of `second` minus `first` on the same records, with a 95% paired bootstrap
+    percentile interval (scipy's; resampling records keeps each record's pair together)."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if len(a) != len(b) or not len(a):
+        raise ValueError("a paired difference needs two scorings of the same records")
+    result = bootstrap((a, b), lambda x, y: float(np.mean(y) - np.mean(x)), paired=True, vectorized=False,
+                       n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                       random_state=np.random.default_rng(0))
+    return float(b.mean() - a.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def proportion_interval(successes: int, n: int) -> tuple[float, float]:
@@ -166,7 +183,8 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
                   for name, rows in sorted(by_source.items())]
     overall = _accuracy("all", correct, records, None, task)
     overall.majority = _pooled([s.majority for s in per_source], [s.n for s in per_source])
-    return Evaluation("answer_accuracy", _describe(task_cfg, data), overall, per_source if len(per_source) > 1 else [])
+    return Evaluation("answer_accuracy", _describe(task_cfg, data), overall, per_source if len(per_source) > 1 else [],
+                      predictions=predicted, correct=correct, sources=[r.source for r in records])
 
 
 def _majority_answers(train: Any, task: Any) -> dict[str, str]:
@@ -231,4 +249,5 @@ def _evaluate_classification(experiment: dict[str, Any], task_cfg: dict[str, Any
     majority = score(metric, labels, np.full_like(labels, majority_label))
     overall = Score("all", len(labels), score(metric, labels, predicted), low, high, majority,
                     1.0 / len(names) if metric == "accuracy" else None)
-    return Evaluation(metric, _describe(task_cfg, data), overall)
+    return Evaluation(metric, _describe(task_cfg, data), overall, predictions=[names[int(p)] for p in predicted],
+                      correct=(labels == predicted).tolist(), sources=["all"] * len(labels))

@@ -207,12 +207,13 @@ class CausalLMTask(_Task):
 
     def generate(self, model: nn.Module, prompts: list[list[int]]) -> list[str]:
         """Greedy continuations of the prompts (the new text only): left-padded batches, KV cache,
-        each row done at EOS (the whole batch at `max_new_tokens`)."""
+        each row done at EOS or once its answer is complete (the whole batch at `max_new_tokens`)."""
         batch = {k: v.to(self.device) for k, v in left_padded(prompts, self.tokenizer.pad_token_id).items()}
+        stop = [AnswerComplete(self.pattern, self.tokenizer, batch["input_ids"].shape[1])] if hasattr(self, "pattern") else []
         with self.autocast():
             out = model.generate(**batch, max_new_tokens=self.cfg.get("max_new_tokens", 32), do_sample=False,
                                  use_cache=True, pad_token_id=self.tokenizer.pad_token_id,
-                                 eos_token_id=self.tokenizer.eos_token_id)
+                                 eos_token_id=self.tokenizer.eos_token_id, stopping_criteria=stop)
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def most_likely(self, model: nn.Module, records: list[AnswerRecord], batch_size: int) -> list[str | None]:
@@ -276,6 +277,25 @@ class CausalLMTask(_Task):
         mask = targets != IGNORE_INDEX
         picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * mask).sum(dim=1).tolist()
+
+
+class AnswerComplete:
+    """A `generate` stopping criterion: a row is done once the answer pattern has matched and at
+    least one more character follows the match (so "true" is not cut from "trueish"). Only for
+    patterns whose first match is the answer; `number` reads the last number and runs on."""
+
+    def __init__(self, pattern: AnswerPattern, tokenizer: Any, prompt_width: int) -> None:
+        self.pattern, self.tokenizer, self.prompt_width = pattern, tokenizer, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.pattern.pick != "first" or self.pattern.numeric:
+            return done
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        for row, text in enumerate(texts):
+            end = self.pattern.match_end(text)
+            done[row] = end is not None and end < len(text)
+        return done
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:

@@ -176,3 +176,16 @@ def test_cli_rejects_bad_input_with_exit_code_2(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in " ".join(result.output.split()), (args, result.output)
+
+
+def test_paired_difference_interval_covers_the_difference_and_excludes_zero_when_clear():
+    from trainables.evaluation import paired_difference
+
+    before = [True] * 30 + [False] * 70
+    after = [True] * 60 + [False] * 40  # 30 records more right, none less
+    diff, low, high = paired_difference(before, after)
+    assert diff == pytest.approx(0.30) and 0.2 < low < diff < high < 0.4
+    diff, low, high = paired_difference(before, before)
+    assert diff == 0.0 and low == high == 0.0
+    with pytest.raises(ValueError, match="same records"):
+        paired_difference(before, after[:10])

@@ -407,3 +407,17 @@ def test_classification_test_split_is_held_out_before_validation(tmp_path):
     assert len(first["test"]) == 20 and list(first["test"]["sentence"]) == list(other["test"]["sentence"])
     seen = {*other["train"]["sentence"], *other["validation"]["sentence"]}
     assert not seen & set(first["test"]["sentence"]) and len(seen) == 80
+
+
+def test_generation_stops_a_row_once_its_answer_is_complete(tokenizer):
+    from trainables.answers import BUILTIN_PATTERNS
+    from trainables.tasks import AnswerComplete
+
+    prompt = tokenizer("question: is it?")["input_ids"]
+    rows = ["the correct answer is true .", "the correct answer is tr", "no idea yet", "answer3 because"]
+    encoded = [prompt + tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
+    width = max(map(len, encoded))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in encoded])
+    done = AnswerComplete(BUILTIN_PATTERNS["commonsense"], tokenizer, len(prompt))(ids)
+    assert done.tolist() == [True, False, False, True]
+    assert not AnswerComplete(BUILTIN_PATTERNS["number"], tokenizer, len(prompt))(ids).any()  # the last number counts
