@@ -71,7 +71,24 @@ def run(
         run_search(spec, storage_dir, console, overwrite=overwrite)
     except ClusterSetupError as err:  # raised after joining the cluster, before anything is written
         fail(str(err))
+    except KeyboardInterrupt:
+        finish(spec.name, storage_dir, interrupted=True)
     print_leaderboard(spec.tracking.mlflow_uri, spec.name, pareto=False, top=None)
+    finish(spec.name, storage_dir)
+
+
+def finish(name: str, storage_dir: str, interrupted: bool = False) -> None:
+    """The closing summary (trials by status, errors grouped by cause) and the exit code that
+    tells a script the truth (raysearch/outcome.py: 0, 3 nothing finished, 130 interrupted)."""
+    from raysearch.outcome import EXIT_INTERRUPTED, exit_code, read_outcome, summary
+
+    outcome = read_outcome(storage_dir)
+    code = EXIT_INTERRUPTED if interrupted else exit_code(outcome)
+    for line in summary(outcome):
+        console.print(line.replace("NAME", name), highlight=False, markup=False, soft_wrap=True)
+    if interrupted and outcome is not None and code != exit_code(outcome):
+        console.print(f"interrupted: `raysearch resume {name}` continues it", highlight=False, markup=False)
+    raise typer.Exit(code)
 
 
 def preflight(spec, storage_dir: str, overwrite: bool) -> None:
@@ -165,7 +182,10 @@ def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_e
         resume_search(spec, spec.storage_dir, console, retry_errored=retry_errored)
     except ClusterSetupError as err:
         fail(str(err))
+    except KeyboardInterrupt:
+        finish(spec.name, spec.storage_dir, interrupted=True)
     print_leaderboard(spec.tracking.mlflow_uri, spec.name, pareto=False, top=None)
+    finish(spec.name, spec.storage_dir)
 
 
 @app.command()

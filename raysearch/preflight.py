@@ -33,6 +33,7 @@ def machine_problems(spec: Spec, storage_dir: str) -> list[Problem]:
     return [
         *dataset_problems(spec),
         *model_problems(spec),
+        *target_problems(spec),
         *mlflow_problems(spec.tracking.mlflow_uri),
         *storage_problems(spec, storage_dir),
         *resource_problems(spec),
@@ -127,6 +128,64 @@ def model_problems(spec: Spec) -> list[Problem]:
         return [Problem("model", name, "no such model folder. Give an existing folder saved with "
                         "save_pretrained, a hub id like org/name, or builtin:minilm")]
     return []
+
+
+def target_problems(spec: Spec) -> list[Problem]:
+    """`adapter.target_modules` (and a `target_modules` dimension's choices) must name layers
+    the model has: read from the model built on PyTorch's meta device from its config (no
+    weights read, nothing allocated). Only when modules are named and the model is local or
+    built in; hub ids are not looked up offline, and the presets are resolved per architecture."""
+    named = [("adapter.target_modules", spec.adapter.target_modules)] if spec.adapter.target_modules else []
+    dimension = spec.search.space.get("target_modules")
+    if dimension is not None and dimension.choice:
+        named += [(f"search.space.target_modules.choice[{i}]", list(value)) for i, value in enumerate(dimension.choice)
+                  if isinstance(value, (list, tuple)) and value]
+    if not named:
+        return []
+    model = _meta_model(spec)
+    if model is None:
+        return []
+    from trainables.models import resolve_target_modules
+
+    problems = []
+    for where, modules in named:
+        try:
+            resolve_target_modules(model, list(modules))
+        except ValueError as error:
+            problems.append(Problem(where, list(modules), str(error)))
+    return problems
+
+
+def _meta_model(spec: Spec):
+    """The experiment's model with its layers but no weights (meta device); None when only its
+    hub id is known, or the model cannot be built from its config here."""
+    name = spec.model
+    if name == "builtin:smollm2":
+        from trainables.pretrained import cache_dir
+
+        folders = sorted((cache_dir() / "models").glob("smollm2-*/config.json"))
+        if not folders:
+            return None  # not converted yet: the first trial converts it and checks its modules
+        path = str(folders[-1].parent)
+    elif name == "builtin:tiny-llama" or name == "builtin:minilm" or Path(name).expanduser().is_dir():
+        path = name
+    else:
+        return None
+    import torch
+
+    from trainables.models import IN_MEMORY_BUILTINS, resolve_model_path, tiny_llama
+
+    try:
+        if path in IN_MEMORY_BUILTINS:
+            return tiny_llama()[0]
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        config = AutoConfig.from_pretrained(resolve_model_path(path), trust_remote_code=spec.trust_remote_code)
+        kind = AutoModelForCausalLM if spec.task.type == "causal_lm" else AutoModelForSequenceClassification
+        with torch.device("meta"):
+            return kind.from_config(config, trust_remote_code=spec.trust_remote_code)
+    except Exception:  # noqa: BLE001 - a model this check cannot build is the trials' to report
+        return None
 
 
 # --- MLflow ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from raysearch.outcome import last_error_line, trial_status
 from raysearch.pareto import pareto_table
 
 
@@ -43,19 +44,17 @@ class LiveProgress(tune.Callback):
         self.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = self.last.get(trial.trial_id, {})
-        if result.get("diverged"):
-            self.status[trial.trial_id] = "diverged"
-        elif result.get("final"):
-            self.status[trial.trial_id] = "completed"
-        else:
-            self.status[trial.trial_id] = "early_stopped"
+        self.status[trial.trial_id] = trial_status(self.last.get(trial.trial_id))
         self.log_line(trial)
         self.refresh()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.status[trial.trial_id] = "error"
-        self.log_line(trial)
+        # Always one line, on a terminal too (printed above the live table): the cause and
+        # where the whole traceback is.
+        where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
+        self.console.print(f"trial {trial.trial_id} error: {last_error_line(trial) or 'unknown error'}{where}",
+                           highlight=False, markup=False, soft_wrap=True)
         self.refresh()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

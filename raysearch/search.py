@@ -57,6 +57,10 @@ def ray_environment() -> None:
     # default, and a reporting worker waits for it: 12 evaluations of a tiny trial took 22 s
     # instead of 2.3 s. A faster poll costs one small actor call per worker (DESIGN-NOTES.md).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_INTERVAL_S))
+    # A failed trial is one line in the terminal (its cause and where the traceback is,
+    # raysearch/progress.py), not Tune's multi-screen traceback; the traceback stays in the
+    # trial's error.txt and its MLflow run.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
 def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite: bool = False) -> None:
@@ -120,7 +124,11 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
 
 
 def fit(tuner, tracking: MlflowTracking, journal: Path, storage_dir: str) -> None:
-    """Run the tuner; however it ends, close the MLflow runs, save the study and stop Ray."""
+    """Run the tuner; however it ends, close the MLflow runs, save the study and stop Ray.
+    How it ended is in `outcome.json` (raysearch/outcome.py), written when Tune ends the search."""
+    from raysearch.outcome import OUTCOME_FILE
+
+    storage.delete_file(storage_dir, OUTCOME_FILE)  # an earlier end of this search (before a resume)
     status = "FAILED"
     try:
         tuner.fit()

@@ -373,6 +373,9 @@ class SearchSpec(_Model):
     """Trials running at the same time."""
     seed: int = 0
     """Sampler seed."""
+    fail_fast: int = Field(3, ge=0)
+    """Stop the search when the first this-many trials to end all failed with the same error
+    (a bad setting would fail every trial the same way); 0: never."""
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     """How unpromising trials are stopped early."""
     space: dict[str, Dimension]

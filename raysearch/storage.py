@@ -173,3 +173,17 @@ def read_text(location: str, name: str) -> str | None:
         return None
     with fs.open_input_stream(key) as stream:
         return stream.read().decode()
+
+
+def delete_file(location: str, name: str) -> None:
+    """Remove `location/name` if it is there."""
+    path = local_path(location)
+    if path is not None:
+        (path / name).unlink(missing_ok=True)
+        return
+    import pyarrow.fs
+
+    fs, fs_path = _filesystem(location)
+    key = f"{fs_path.rstrip('/')}/{name}"
+    if fs.get_file_info(key).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_file(key)

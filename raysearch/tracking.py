@@ -17,7 +17,6 @@ import csv
 import json
 import logging
 import math
-import os
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from raysearch.outcome import last_error_line, trial_status
 from raysearch.pareto import pareto_table
 from raysearch.ranks import parse as parse_ranks, write_heatmap
 from raysearch.redaction import loggable, redact
@@ -106,37 +106,6 @@ def _result_step(result: Mapping[str, Any]) -> int:
     if step is None or not _finite(step):
         step = result.get("training_iteration", 0) or 0
     return int(step)
-
-
-def _status_from_result(result: Mapping[str, Any] | None) -> str:
-    result = result or {}
-    if result.get("diverged"):
-        return "diverged"
-    if result.get("final"):
-        return "completed"
-    return "early_stopped"  # ended by the scheduler (ASHA) before its last evaluation
-
-
-def _last_error_line(trial: Any) -> str:
-    """The last non-empty line of a trial's error, or "" when none can be read."""
-    texts: list[str] = []
-    try:
-        path = getattr(trial, "error_file", None)
-        if path and os.path.isfile(path):
-            texts.append(Path(path).read_text(errors="replace"))
-    except Exception:  # noqa: BLE001 - an unreadable error file must not break the search
-        pass
-    try:
-        error = trial.get_error() if hasattr(trial, "get_error") else None
-        if error:
-            texts.append(str(error))
-    except Exception:  # noqa: BLE001
-        pass
-    for text in texts:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:_MAX_TAG_CHARS]
-    return ""
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
@@ -428,7 +397,7 @@ class MlflowTracking(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._child_run_id(trial)
-        status = _status_from_result(self._last_result(trial))
+        status = trial_status(self._last_result(trial))
         self._client.set_tag(run_id, TAG_STATUS, status)
         self._log_adapter(run_id, _trial_checkpoint(trial, self._last_result(trial), self.storage_scheme))
         self._log_ranks(run_id, self._last_result(trial))
@@ -438,7 +407,7 @@ class MlflowTracking(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._child_run_id(trial)
         self._client.set_tag(run_id, TAG_STATUS, "error")
-        message = _last_error_line(trial)
+        message = last_error_line(trial, _MAX_TAG_CHARS)
         if message:
             self._client.set_tag(run_id, TAG_ERROR, message)
         self._client.set_terminated(run_id, "FAILED")

@@ -220,7 +220,10 @@ class PruneFinishedCheckpoints(tune.Callback):
 
 
 def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
+    from raysearch.outcome import SearchOutcome
+
     storage_dir = str(storage_dir)  # a local path or a URI (s3://, gs://, file://): Tune takes both
+    outcome = SearchOutcome(storage_dir, spec.search.fail_fast)  # outcome.json, and the fail-fast stopper
     return tune.Tuner(
         build_trainable(spec, storage_dir),
         tune_config=tune.TuneConfig(
@@ -232,8 +235,9 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
         run_config=tune.RunConfig(
             name="tune",
             storage_path=storage_dir,
-            callbacks=[*callbacks, *([PruneFinishedCheckpoints(spec.train.keep_checkpoints)]
-                                     if spec.resources.inline else [])],
+            callbacks=[*callbacks, outcome, *([PruneFinishedCheckpoints(spec.train.keep_checkpoints)]
+                                              if spec.resources.inline else [])],
+            stop=outcome,
             verbose=0,
             # A Ray Train run retries its own workers (trainables/trial.py); an inline
             # trial is retried by Tune, from its last checkpoint.

@@ -93,3 +93,31 @@ def test_search_end_to_end_records_every_trial_in_mlflow(tmp_path, tiny_model_di
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
     again = CliRunner().invoke(app, ["export", "itest", str(out), "--best", "--mlflow-uri", uri])
     assert again.exit_code == 2 and "not empty" in again.output
+
+
+def test_a_search_whose_trials_all_fail_alike_stops_early_and_exits_3(tmp_path, tiny_model_dir, monkeypatch):
+    """Input that fails every trial the same way and that preflight cannot see (it reads a
+    file's header only; row 41 of this CSV has a field too many): fail-fast stops the search
+    after search.fail_fast trials, the summary gives the cause once, and the exit code is 3."""
+    monkeypatch.chdir(tmp_path)
+    rows = ["sentence,label"] + [f"a fine film number {i},{i % 2}" for i in range(80)]
+    rows[41] = "a film, with a comma,1"
+    (tmp_path / "broken.csv").write_text("\n".join(rows) + "\n")
+    space = write_experiment(tmp_path / "bad.yaml", tiny_model_dir, name="bad-targets", search={
+        "sampler": "random", "num_trials": 8, "max_concurrent": 1, "fail_fast": 2,
+        "early_stopping": {"scheduler": "none"}, "space": {"rank": {"choice": [2, 4]}},
+    }, resources={"workers_per_trial": 1, "cpus_per_worker": 1})
+    text = space.read_text().replace("builtin:demo", str(tmp_path / "broken.csv"))
+    space.write_text(text)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(app, ["run", "--space", str(space), "--storage", str(tmp_path / "results"),
+                                      "--mlflow-uri", uri])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert "2 x TrialFailed: ParserError: Error tokenizing data. C error: Expected 2 fields in line 42, saw 3" in output
+    assert "search.fail_fast" in output
+    assert output.count("Traceback (most recent call last)") == 0  # one line per failed trial instead
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("bad-targets").experiment_id])
+    errored = [r for r in runs if r.data.tags.get("raysearch.status") == "error"]
+    assert len(errored) == 2 and all(r.info.status != "RUNNING" for r in runs)

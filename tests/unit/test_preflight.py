@@ -197,3 +197,22 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
         frame.to_json(path, orient="records")
     else:
         frame.to_parquet(path)
+
+
+def test_target_modules_the_model_lacks_are_caught_before_start(tmp_path, tiny_model_dir):
+    from raysearch.preflight import target_problems
+
+    base = {"name": "t", "model": str(tiny_model_dir), "task": {"dataset": "builtin:demo"},
+            "search": {"space": {"rank": {"choice": [4]}}}}
+    bad = spec_from_dict({**base, "adapter": {"target_modules": ["query", "no_such_proj"]}})
+    (problem,) = target_problems(bad)
+    assert problem.path == "adapter.target_modules" and problem.value == ["query", "no_such_proj"]
+    assert "['no_such_proj'] match no nn.Linear/Conv1D layer" in problem.message and "'value'" in problem.message
+    assert target_problems(spec_from_dict({**base, "adapter": {"target_modules": ["query", "value"]}})) == []
+    causal = spec_from_dict({"name": "c", "model": "builtin:tiny-llama", "adapter": {"target_modules": ["up_proj", "w9"]},
+                             "task": {"type": "causal_lm", "dataset": str(tmp_path)},
+                             "search": {"space": {"rank": {"choice": [4]}}, "objectives": {"val_answer_accuracy": "max"}}})
+    (problem,) = target_problems(causal)
+    assert "['w9']" in problem.message
+    hub = spec_from_dict({**base, "model": "org/some-model", "adapter": {"target_modules": ["nope"]}})
+    assert target_problems(hub) == []  # hub ids are not looked up offline
