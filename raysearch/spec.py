@@ -75,6 +75,10 @@ class SourceSpec(_Model):
     """Column with the label, when `instruction` is set."""
     label_names: list[str] | None = None
     """Answer word of label 0, 1, ... (labels that are already words are used as they are)."""
+    max_train_examples: int | None = Field(None, gt=0)
+    """This source's share of the training set (default: task.max_train_examples)."""
+    max_eval_examples: int | None = Field(None, gt=0)
+    """This source's validation records (default: task.max_eval_examples)."""
 
     @field_validator("path")
     @classmethod

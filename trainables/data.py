@@ -324,8 +324,9 @@ def _instruction_source(source: dict[str, Any], task: dict[str, Any], seed: int)
     else:
         splits = _load_local(path, seed, read=_read_file if templated else _read_records, test=held_out)
     out = DatasetDict()
+    limits = {**task, **{k: source[k] for k in ("max_train_examples", "max_eval_examples") if source.get(k)}}
     for name, split in splits.items():
-        split = limit_split(split, name, task, seed)
+        split = limit_split(split, name, limits, seed)
         if templated:
             split = _records_from_columns(split, source, path)
         split = _instruction_columns(split, path, name)

@@ -376,6 +376,10 @@ def test_sources_are_limited_and_split_one_by_one(tmp_path):
     for name, per_source in (("train", 10), ("test", 5)):
         assert sorted(splits[name]["source"]) == ["boolq"] * per_source + ["sst"] * per_source
     assert sorted(set(splits["validation"]["source"])) == ["boolq", "sst"]
+    table.update(max_train_examples=20, max_eval_examples=2)  # a source's own limits win
+    splits = load_instruction_splits(task, seed=0)
+    assert sorted(splits["train"]["source"]) == ["boolq"] * 10 + ["sst"] * 20
+    assert list(splits["validation"]["source"]).count("sst") == 2
 
 
 def test_template_errors_name_the_columns(tmp_path):
