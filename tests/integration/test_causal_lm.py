@@ -50,6 +50,8 @@ def test_commonsense_cpu_search_reports_answer_accuracy_to_mlflow(tmp_path, tiny
         "task.max_eval_examples": 16,
         "task.max_generation_examples": 8,
         "train.eval_every_steps": 2,
+        "task.test_fraction": 0.05,  # BoolQ's 9,427 records: 471 held out, 24 of them scored
+        "task.max_test_examples": 24,
         "search.space": json.dumps({"variant": {"choice": VARIANTS}}),
     }
     args = ["run", "--space", str(REPO / "search_spaces" / "commonsense_cpu.yaml"),
@@ -75,6 +77,27 @@ def test_commonsense_cpu_search_reports_answer_accuracy_to_mlflow(tmp_path, tiny
     completed = [r for r in children if r.data.tags["raysearch.status"] == "completed"]
     assert completed, "no trial ran to the end"
     _exported_adapter_loads_on_the_base_model(client, completed[0], tiny_llama_dir, tmp_path)
+    _evaluate_records_test_scores(client, uri, children)
+
+
+def _evaluate_records_test_scores(client, uri: str, children: list) -> None:
+    """`raysearch evaluate --best` scores the best trial on the held-out split and records it on
+    that trial's run; `--base` records the bare model's score on the search's run."""
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "causal-itest", "--best", "--mlflow-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "test split: 0.05 of each training file" in " ".join(result.output.split())
+    scored = [client.get_run(r.info.run_id) for r in children]
+    (best,) = [r for r in scored if "test_answer_accuracy" in r.data.metrics]
+    assert 0.0 <= best.data.metrics["test_answer_accuracy"] <= 1.0
+    assert best.data.tags["raysearch.test"].startswith("test split")
+    assert best.info.run_id in result.output
+    result = runner.invoke(app, ["evaluate", "causal-itest", "--base", "--mlflow-uri", uri])
+    assert result.exit_code == 0, result.output
+    parent = client.get_run(best.data.tags["mlflow.parentRunId"])
+    assert 0.0 <= parent.data.metrics["base_test_answer_accuracy"] <= 1.0
+    result = runner.invoke(app, ["evaluate", "causal-itest", "--trial", "no-such-trial", "--mlflow-uri", uri])
+    assert result.exit_code == 2 and "no finished trial" in result.output
 
 
 def _exported_adapter_loads_on_the_base_model(client, run, model_dir: Path, tmp_path: Path) -> None:

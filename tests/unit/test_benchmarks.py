@@ -142,3 +142,21 @@ def test_search_efficiency_asha_quick(tmp_path, capsys):
     assert "ranks 1 of 1 by its first val_loss" in out
     # The kept search replays alone, to the same rows.
     assert module.main(["--replay", str(tmp_path), "--replays", "20"]) == replays
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_smol_table_quick(tmp_path, capsys):
+    """The held-out table's plumbing on builtin:tiny-llama: a 2-trial search, the plain PEFT
+    default trained by transformers' Trainer, all three scored on the same test records."""
+    out = load("smol_table").main(["--quick", "--workdir", str(tmp_path)])
+    results = out["results"]
+    assert list(results) == ["zero-shot", "PEFT default", "raysearch best"]
+    sizes = {name: [s.n for s in result.per_source] for name, result in results.items()}
+    assert len(set(map(tuple, sizes.values()))) == 1 and sizes["zero-shot"] == [8] * 5  # max_test_examples per source
+    assert 0.0 <= out["agreement"] <= 1.0 and out["generated"].overall.n == 40
+    pairs = {(d["a"], d["b"], d["source"]) for d in out["differences"]}
+    assert ("raysearch best", "zero-shot", "all") in pairs and ("raysearch best", "PEFT default", "sst2") in pairs
+    assert all(d["low"] <= d["diff"] <= d["high"] for d in out["differences"])
+    printed = capsys.readouterr().out
+    assert "paired differences on the same records" in printed and "raysearch best by validation" in printed

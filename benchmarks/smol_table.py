@@ -1,0 +1,215 @@
+"""A real pretrained model tuned by a search, scored on data the search never saw.
+
+One run of this script, on `search_spaces/commonsense_smol.yaml` (SmolLM2-135M-Instruct on
+BoolQ, ARC-Easy, ARC-Challenge, OpenBookQA and SST-2 instruction records), scores three
+models on the same held-out test split (20% of every training file, drawn with test_seed 0
+before anything else; no trial trained on it or was selected by it):
+
+1. zero-shot: the model without an adapter;
+2. the plain PEFT default a user would type: LoRA r=8, alpha=16, dropout 0.05, lr 3e-4 on
+   q/k/v/o, trained with transformers' Trainer + PEFT (no raysearch code in the training)
+   on the same training records, prompts and step budget as one trial;
+3. raysearch's best trial by validation accuracy (the search's own choice).
+
+Every score is answer accuracy by log-likelihood (the experiment's `task.scoring`) with a
+95% Wilson interval, beside the majority-answer and chance baselines; differences between
+two models are paired bootstrap intervals on the same records. The best trial is also
+scored by greedy generation, and the script reports how often the two scorings agree.
+
+    python benchmarks/smol_table.py                      # runs the search too (~40 min), then ~25 min
+    python benchmarks/smol_table.py --search commonsense-smol --mlflow-uri sqlite:///mlflow.db   # an existing search
+    python benchmarks/smol_table.py --quick              # the plumbing on builtin:tiny-llama, ~2 min
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+harness.set_environment()
+
+SPACE = harness.REPO / "search_spaces" / "commonsense_smol.yaml"
+PEFT_DEFAULT = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lr": 3e-4,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+QUICK = {  # builtin:tiny-llama (random weights): checks the plumbing, its numbers mean nothing
+    "model": "builtin:tiny-llama", "task.max_train_examples": 16, "task.max_eval_examples": 4,
+    "task.max_test_examples": 8, "train.eval_every_steps": 5, "search.num_trials": 2, "search.sampler": "random",
+    "task.prompt_template": "Question {instruction} Answer",
+}
+
+
+def experiment_file(space: Path, quick: bool) -> dict[str, Any]:
+    """The experiment file's contents; --quick shrinks it (every source to the task's limits)."""
+    import yaml
+
+    raw = yaml.safe_load(space.read_text())
+    if quick:
+        for key, value in QUICK.items():
+            target = raw
+            *parents, last = key.split(".")
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[last] = value
+        for source in raw["task"]["dataset"]:
+            if isinstance(source, dict):
+                source.pop("max_train_examples", None)
+                source.pop("max_eval_examples", None)
+    return raw
+
+
+def load_experiment(raw: dict[str, Any]) -> dict[str, Any]:
+    """The validated experiment with every default filled in (what trials and evaluate see)."""
+    from raysearch.evaluate import worker_experiment
+    from raysearch.spec import spec_from_dict
+
+    return worker_experiment(spec_from_dict(raw))
+
+
+def train_peft_default(experiment: dict[str, Any], out_dir: Path) -> tuple[Path, float]:
+    """The plain PEFT script: Trainer + get_peft_model on the trials' training records."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from trainables.data import load_instruction_splits
+    from trainables.instructions import encode_records
+    from trainables.models import load_causal_lm
+
+    task, train_cfg = experiment["task"], experiment["train"]
+    records = load_instruction_splits(task, seed=train_cfg["seed"])["train"]
+    model, tokenizer = load_causal_lm(experiment["model"])
+    encoded = encode_records(records, task["prompt_template"], tokenizer, task["max_length"]).tensors
+    steps = max(1, len(encoded["labels"]) // train_cfg["batch_size"])  # one epoch, as a trial
+    targets = [t for t in PEFT_DEFAULT["target_modules"]]
+    model = get_peft_model(model, LoraConfig(r=PEFT_DEFAULT["r"], lora_alpha=PEFT_DEFAULT["lora_alpha"],
+                                             lora_dropout=PEFT_DEFAULT["lora_dropout"], target_modules=targets,
+                                             task_type="CAUSAL_LM"))
+    rows = [{k: v[i] for k, v in encoded.items()} for i in range(len(encoded["labels"]))]
+    args = TrainingArguments(output_dir=str(out_dir / "trainer"), per_device_train_batch_size=train_cfg["batch_size"],
+                             max_steps=steps, learning_rate=PEFT_DEFAULT["lr"],
+                             warmup_steps=int(train_cfg["warmup_ratio"] * steps), remove_unused_columns=False,
+                             lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=1.0, logging_steps=steps,
+                             save_strategy="no", report_to=[], seed=train_cfg["seed"], use_cpu=not torch.cuda.is_available(),
+                             disable_tqdm=True)
+    started = time.perf_counter()
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    seconds = time.perf_counter() - started
+    model.save_pretrained(out_dir / "peft-default")
+    return out_dir / "peft-default", seconds
+
+
+def best_trial(mlflow_uri: str, name: str, out_dir: Path) -> tuple[dict, Path]:
+    from raysearch.tracking import download_trial, find_trial
+
+    row = find_trial(mlflow_uri, name, None)
+    adapter, _ = download_trial(mlflow_uri, row, out_dir)
+    return row, adapter
+
+
+def cell(score: Any) -> str:
+    return f"{score.value:.3f} [{score.low:.3f}, {score.high:.3f}]"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    zero = results["zero-shot"]
+    sources = [s.source for s in zero.per_source] + ["all"]
+    print(f"\ntest split: {zero.data}")
+    print(f"{'source':<14}{'n':>5}  {'majority':>8}  {'chance':>6}  " + "  ".join(f"{k:>24}" for k in results))
+    for source in sources:
+        scores = {k: next(s for s in [*r.per_source, r.overall] if s.source == source) for k, r in results.items()}
+        first = scores["zero-shot"]
+        majority = f"{first.majority:.3f}" if first.majority is not None else "-"
+        chance = f"{first.chance:.3f}" if first.chance is not None else "-"
+        print(f"{source:<14}{first.n:>5}  {majority:>8}  {chance:>6}  "
+              + "  ".join(f"{cell(s):>24}" for s in scores.values()))
+
+
+def print_differences(results: dict[str, Any]) -> list[dict[str, Any]]:
+    from trainables.evaluation import paired_difference
+
+    rows = []
+    pairs = [("raysearch best", "zero-shot"), ("raysearch best", "PEFT default"), ("PEFT default", "zero-shot")]
+    print("\npaired differences on the same records (95% bootstrap interval):")
+    for a, b in pairs:
+        if a not in results or b not in results:
+            continue
+        sources = sorted(set(results[a].sources))
+        for source in [*sources, "all"]:
+            keep = [i for i, s in enumerate(results[a].sources) if source in ("all", s)]
+            diff, low, high = paired_difference([results[b].correct[i] for i in keep], [results[a].correct[i] for i in keep])
+            rows.append({"a": a, "b": b, "source": source, "diff": diff, "low": low, "high": high})
+            print(f"  {a} - {b:<14} {source:<14} {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+    return rows
+
+
+def agreement(loglik: Any, generate: Any) -> float:
+    """Share of records where the two scorings give the same answer."""
+    same = [a == b for a, b in zip(loglik.predictions, generate.predictions)]
+    return sum(same) / max(len(same), 1)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", type=Path, default=SPACE)
+    parser.add_argument("--search", help="Score this finished search instead of running one")
+    parser.add_argument("--mlflow-uri", help="The existing search's MLflow store (with --search)")
+    parser.add_argument("--workdir", type=Path, help="Keep the search's files here (default: a temporary folder)")
+    parser.add_argument("--quick", action="store_true", help="builtin:tiny-llama, a 2-trial search: plumbing only")
+    args = parser.parse_args(argv)
+    args.space = args.space.resolve()
+    os.chdir(harness.REPO)  # the experiment's data paths are relative to the repository root
+    harness.quiet()
+    from trainables.evaluation import evaluate
+
+    raw = experiment_file(args.space, args.quick)
+    experiment = load_experiment(raw)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
+        if args.search:
+            name, uri = args.search, args.mlflow_uri or "sqlite:///mlflow.db"
+        else:
+            run = harness.run_search(raw, workdir)
+            timings["search_s"] = run.wall_s
+            name, uri = raw["name"], f"sqlite:///{workdir / 'mlflow.db'}"
+            print(f"search {name}: {run.wall_s / 60:.1f} min", flush=True)
+
+        results: dict[str, Any] = {}
+        started = time.perf_counter()
+        results["zero-shot"] = evaluate(experiment, None)
+        timings["zero_shot_eval_s"] = time.perf_counter() - started
+        adapter, timings["peft_train_s"] = train_peft_default(experiment, workdir)
+        started = time.perf_counter()
+        results["PEFT default"] = evaluate(experiment, adapter)
+        timings["peft_eval_s"] = time.perf_counter() - started
+        row, best = best_trial(uri, name, workdir / "best")
+        started = time.perf_counter()
+        results["raysearch best"] = evaluate(experiment, best)
+        timings["best_eval_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        generated = evaluate(experiment, best, scoring="generate")
+        timings["best_generate_eval_s"] = time.perf_counter() - started
+
+    print(f"\nraysearch best by validation: trial {row['trial_id']} "
+          + ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
+          + f"; val_answer_accuracy {row['metrics'].get('val_answer_accuracy', float('nan')):.3f}")
+    print_table(results)
+    differences = print_differences(results)
+    rate = agreement(results["raysearch best"], generated)
+    print(f"\nscoring the best adapter by generation: {cell(generated.overall)} answer accuracy "
+          f"({generated.overall.n} records); loglik and generation give the same answer on {rate:.1%} of records")
+    print("timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return {"results": results, "generated": generated, "agreement": rate, "differences": differences,
+            "best": row, "timings": timings}
+
+
+if __name__ == "__main__":
+    main()
