@@ -120,7 +120,7 @@ def cell(score: Any) -> str:
 def print_table(results: dict[str, Any]) -> None:
     zero = results["zero-shot"]
     sources = [s.source for s in zero.per_source] + ["all"]
-    print(f"\ntest split: {zero.data}")
+    print(f"\n{zero.data}")
     print(f"{'source':<14}{'n':>5}  {'majority':>8}  {'chance':>6}  " + "  ".join(f"{k:>24}" for k in results))
     for source in sources:
         scores = {k: next(s for s in [*r.per_source, r.overall] if s.source == source) for k, r in results.items()}

@@ -60,6 +60,7 @@ def folder_target(adapter: Path | None, space: Path) -> Target:
 def run_evaluation(target: Target, *, data: Path | None, scoring: str | None, max_examples: int | None,
                    mlflow_uri: str | None) -> Any:
     """Score the target; record the scores on its MLflow run when it has one."""
+    quiet_libraries()
     from trainables.evaluation import evaluate
 
     result = evaluate(target.experiment, target.adapter, data=data, scoring=scoring, max_examples=max_examples)
@@ -71,6 +72,20 @@ def run_evaluation(target: Target, *, data: Path | None, scoring: str | None, ma
         metrics.update({f"{name}/{s.source}": s.value for s in result.per_source})
         log_test_scores(mlflow_uri, target.run_id, metrics, result.data)
     return result
+
+
+def quiet_libraries() -> None:
+    """The scores are what a user reads: no per-split progress bars, weight-loading bars or
+    deprecation notices from datasets and transformers."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def evaluate_command(name: str | None, *, best: bool, trial: str | None, base: bool, adapter: Path | None,
