@@ -68,6 +68,15 @@ def last_error_line(trial: Any, limit: int = _MAX_LINE) -> str:
 OUTCOME_FILE = "outcome.json"  # in the search's results folder, rewritten whenever the search ends
 
 
+def error_location(trial: Any) -> str:
+    """Where a failed trial's whole traceback stays: `error.txt` in the trial's folder of the
+    search's results (Tune's own error file is in a staging folder Ray may clean up)."""
+    folder = getattr(trial, "path", None)
+    if folder:
+        return f"{str(folder).rstrip('/')}/error.txt"
+    return str(getattr(trial, "error_file", "") or "")
+
+
 class SearchOutcome(tune.Callback, Stopper):
     """Records how each trial ended and, when the search ends, writes `outcome.json` into the
     results folder (the CLI reads it for the summary and the exit code; a resumed search's
@@ -110,7 +119,7 @@ class SearchOutcome(tune.Callback, Stopper):
             ended[trial.trial_id] = {"status": status}
             if status == "error":
                 ended[trial.trial_id]["error"] = self.errors.get(trial.trial_id) or last_error_line(trial) or "unknown error"
-                ended[trial.trial_id]["error_file"] = str(getattr(trial, "error_file", "") or "")
+                ended[trial.trial_id]["error_file"] = error_location(trial)
         return {"trials": ended, "stopped_by_fail_fast": self.stopped_by_fail_fast}
 
     # --- the stopper ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from raysearch.outcome import last_error_line, trial_status
+from raysearch.outcome import error_location, last_error_line, trial_status
 from raysearch.pareto import pareto_table
 
 
@@ -52,7 +52,7 @@ class LiveProgress(tune.Callback):
         self.status[trial.trial_id] = "error"
         # Always one line, on a terminal too (printed above the live table): the cause and
         # where the whole traceback is.
-        where = f" (traceback: {trial.error_file})" if getattr(trial, "error_file", None) else ""
+        where = f" (traceback: {error_location(trial)})" if error_location(trial) else ""
         self.console.print(f"trial {trial.trial_id} error: {last_error_line(trial) or 'unknown error'}{where}",
                            highlight=False, markup=False, soft_wrap=True)
         self.refresh()

@@ -114,7 +114,10 @@ def test_a_search_whose_trials_all_fail_alike_stops_early_and_exits_3(tmp_path, 
                                       "--mlflow-uri", uri])
     output = " ".join(result.output.split())
     assert result.exit_code == 3, result.output
-    assert "2 x TrialFailed: ParserError: Error tokenizing data. C error: Expected 2 fields in line 42, saw 3" in output
+    assert "2 x trainables.trial.TrialFailed: ParserError: Error tokenizing data. C error: Expected 2 fields in line 42, " \
+        "saw 3 (after no retries; train.max_failures)" in output
+    traceback = tmp_path / "results" / "bad-targets" / "tune"  # the traceback's file, named in the summary
+    assert f"(traceback: {traceback}/run_trial_" in output and "/error.txt and the trial's MLflow run)" in output
     assert "search.fail_fast" in output
     assert output.count("Traceback (most recent call last)") == 0  # one line per failed trial instead
     client = mlflow.MlflowClient(uri)
