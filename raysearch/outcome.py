@@ -83,8 +83,8 @@ class SearchOutcome(tune.Callback, Stopper):
     restored copy of this callback writes it again). Also Tune's stopper for fail-fast: when the
     first `fail_fast` trials to end all errored with the same cause, the whole search stops."""
 
-    def __init__(self, storage_dir: str, fail_fast: int = 0) -> None:
-        self.storage_dir, self.fail_fast = str(storage_dir), fail_fast
+    def __init__(self, storage_dir: str, fail_fast: int = 0, planned: int | None = None) -> None:
+        self.storage_dir, self.fail_fast, self.planned = str(storage_dir), fail_fast, planned
         self.ended_order: list[str] = []
         self.errors: dict[str, str] = {}
         self.stopped_by_fail_fast = False
@@ -110,6 +110,10 @@ class SearchOutcome(tune.Callback, Stopper):
         for trial in trials:
             if trial.status == "ERROR":
                 status = "error"
+            elif trial.status == "TERMINATED" and trial.trial_id not in self.ended_order:
+                # Stopped by Tune's clean-up after Ctrl-C, not by its schedule, ASHA or an error:
+                # every trial that ends on its own passes through on_trial_complete / on_trial_error.
+                status = "stopped" if self.stopped_by_fail_fast else "unfinished"
             elif trial.status == "TERMINATED":
                 status = trial_status(trial.last_result)
                 if self.stopped_by_fail_fast and not (trial.last_result or {}).get("final"):
@@ -120,7 +124,7 @@ class SearchOutcome(tune.Callback, Stopper):
             if status == "error":
                 ended[trial.trial_id]["error"] = self.errors.get(trial.trial_id) or last_error_line(trial) or "unknown error"
                 ended[trial.trial_id]["error_file"] = error_location(trial)
-        return {"trials": ended, "stopped_by_fail_fast": self.stopped_by_fail_fast}
+        return {"trials": ended, "planned": self.planned, "stopped_by_fail_fast": self.stopped_by_fail_fast}
 
     # --- the stopper ---------------------------------------------------------------------------
 
@@ -152,8 +156,8 @@ def exit_code(outcome: dict[str, Any] | None) -> int:
     statuses = [t["status"] for t in outcome["trials"].values()]
     if outcome.get("stopped_by_fail_fast"):
         return EXIT_NOTHING_FINISHED
-    if "unfinished" in statuses:
-        return EXIT_INTERRUPTED
+    if "unfinished" in statuses or len(statuses) < (outcome.get("planned") or 0):
+        return EXIT_INTERRUPTED  # a trial cut short, or trials the search never started
     return EXIT_OK if any(s in FINISHED for s in statuses) else EXIT_NOTHING_FINISHED
 
 
@@ -173,6 +177,7 @@ def summary(outcome: dict[str, Any] | None) -> list[str]:
         lines.append(f"  {n} x {cause}{where}")
     if outcome.get("stopped_by_fail_fast"):
         lines.append("  the search was stopped: its first trials all failed with the same error (search.fail_fast)")
-    elif counts["unfinished"]:
-        lines.append("  interrupted: `raysearch resume NAME` continues it")
+    elif counts["unfinished"] or len(trials) < (outcome.get("planned") or 0):
+        lines.append(f"  interrupted after {len(trials)} of {outcome.get('planned') or len(trials)} trials started: "
+                     "`raysearch resume NAME` continues it")
     return lines

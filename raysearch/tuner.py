@@ -223,7 +223,8 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
     from raysearch.outcome import SearchOutcome
 
     storage_dir = str(storage_dir)  # a local path or a URI (s3://, gs://, file://): Tune takes both
-    outcome = SearchOutcome(storage_dir, spec.search.fail_fast)  # outcome.json, and the fail-fast stopper
+    # outcome.json, and the fail-fast stopper
+    outcome = SearchOutcome(storage_dir, spec.search.fail_fast, planned=num_trials_for(spec.search))
     return tune.Tuner(
         build_trainable(spec, storage_dir),
         tune_config=tune.TuneConfig(

@@ -38,10 +38,13 @@ def ended(outcome: SearchOutcome, trial: FakeTrial) -> None:
         outcome.on_trial_complete(0, [], trial)
 
 
-def written(tmp_path: Path, trials: list[FakeTrial], fail_fast: int = 0) -> dict[str, Any]:
-    outcome = SearchOutcome(str(tmp_path), fail_fast)
+def written(tmp_path: Path, trials: list[FakeTrial], fail_fast: int = 0, planned: int | None = None,
+            cut_short: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The outcome of a search whose trials end as given; `cut_short` trials were stopped by
+    Tune's clean-up after Ctrl-C (TERMINATED without an end event of their own)."""
+    outcome = SearchOutcome(str(tmp_path), fail_fast, planned)
     for trial in trials:
-        if trial.status in ("TERMINATED", "ERROR"):
+        if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in cut_short:
             ended(outcome, trial)
         outcome.stop_all()
     outcome.on_experiment_end(trials)
@@ -69,6 +72,14 @@ def test_nothing_finished_and_interrupted_have_their_own_codes(tmp_path):
     assert interrupted["trials"]["b"]["status"] == "unfinished"
     assert exit_code(interrupted) == EXIT_INTERRUPTED
     assert exit_code(None) == EXIT_INTERRUPTED  # the driver died before Tune ended the search
+    # Ctrl-C: Tune's clean-up marks the running trials TERMINATED without ending them.
+    ctrl_c = written(tmp_path, [FakeTrial("a", last_result={"final": False}), FakeTrial("b")], cut_short=("b",))
+    assert ctrl_c["trials"] == {"a": {"status": "early_stopped"}, "b": {"status": "unfinished"}}
+    assert exit_code(ctrl_c) == EXIT_INTERRUPTED
+    # ... or between trials: every trial started has ended, but fewer than planned started.
+    between = written(tmp_path, [FakeTrial("a", last_result={"final": True})], planned=8)
+    assert exit_code(between) == EXIT_INTERRUPTED and "interrupted after 1 of 8" in summary(between)[-1]
+    assert exit_code(written(tmp_path, [FakeTrial("a", last_result={"final": True})], planned=1)) == EXIT_OK
 
 
 def test_summary_groups_errors_by_cause_with_where_the_traceback_is(tmp_path):
@@ -88,9 +99,12 @@ def test_fail_fast_stops_after_the_first_trials_fail_alike(tmp_path):
     ended(outcome, bad_target(2))
     assert outcome.stop_all()
     running = FakeTrial("r", last_result={"final": False})  # stopped by fail-fast, not by ASHA
-    outcome.on_experiment_end([bad_target(0), bad_target(1), bad_target(2), running])
+    outcome.on_trial_complete(0, [], running)
+    never_ran = FakeTrial("p")  # created, then stopped before it started
+    outcome.on_experiment_end([bad_target(0), bad_target(1), bad_target(2), running, never_ran])
     result = read_outcome(str(tmp_path))
     assert result["stopped_by_fail_fast"] and result["trials"]["r"]["status"] == "stopped"
+    assert result["trials"]["p"]["status"] == "stopped"
     assert exit_code(result) == EXIT_NOTHING_FINISHED
     assert "search.fail_fast" in summary(result)[-1]
 
