@@ -89,6 +89,17 @@ class SearchOutcome(tune.Callback, Stopper):
         self.errors: dict[str, str] = {}
         self.stopped_by_fail_fast = False
 
+    # Tune saves this state with its experiment state and hands it back on `raysearch resume`
+    # (the callback object itself comes back as it was when the search started).
+    def get_state(self) -> dict[str, Any]:
+        return {"ended_order": list(self.ended_order), "errors": dict(self.errors),
+                "stopped_by_fail_fast": self.stopped_by_fail_fast}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ended_order = list(state.get("ended_order", []))
+        self.errors = dict(state.get("errors", {}))
+        self.stopped_by_fail_fast = bool(state.get("stopped_by_fail_fast", False))
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial.trial_id)
 

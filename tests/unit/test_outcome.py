@@ -123,3 +123,17 @@ def test_fail_fast_waits_when_causes_differ_or_a_trial_finished(tmp_path):
     for i in range(5):
         ended(off, bad_target(i))
     assert not off.stop_all()
+
+
+def test_state_travels_with_tunes_experiment_state(tmp_path):
+    """A resumed search gets back the callback as it was at the start and then its saved
+    state: trials that ended before the interruption stay ended, not unfinished."""
+    before = SearchOutcome(str(tmp_path), fail_fast=3, planned=2)
+    ended(before, FakeTrial("a", last_result={"final": False}))
+    after = SearchOutcome(str(tmp_path), fail_fast=3, planned=2)  # as unpickled from the start
+    after.set_state(before.get_state())
+    ended(after, FakeTrial("b", last_result={"final": True}))  # the resumed trial
+    after.on_experiment_end([FakeTrial("a", last_result={"final": False}), FakeTrial("b", last_result={"final": True})])
+    result = read_outcome(str(tmp_path))
+    assert {t: v["status"] for t, v in result["trials"].items()} == {"a": "early_stopped", "b": "completed"}
+    assert exit_code(result) == EXIT_OK
