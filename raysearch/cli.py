@@ -86,7 +86,7 @@ def finish(name: str, storage_dir: str, interrupted: bool = False) -> None:
     code = EXIT_INTERRUPTED if interrupted else exit_code(outcome)
     for line in summary(outcome):
         console.print(line.replace("NAME", name), highlight=False, markup=False, soft_wrap=True)
-    if interrupted and outcome is not None and code != exit_code(outcome):
+    if interrupted and exit_code(outcome) != EXIT_INTERRUPTED:  # the summary has not said so itself
         console.print(f"interrupted: `raysearch resume {name}` continues it", highlight=False, markup=False)
     raise typer.Exit(code)
 

@@ -92,7 +92,6 @@ def dataset_problems(spec: Spec) -> list[Problem]:
     if problems or spec.task.type != "classification" or not _is_local(source):
         return problems
     path = Path(source).expanduser()
-    problems = []
     wanted = [("task.label_field", spec.task.label_field)]
     wanted += [("task.text_fields", name) for name in spec.task.text_fields or []]
     for file in _split_files(path):

@@ -798,8 +798,9 @@ def source_name(item: str | SourceSpec) -> str:
     """A source's name in per-source scores: its `name`, else its file name up to the first dot."""
     if isinstance(item, SourceSpec) and item.name:
         return item.name
-    path = item if isinstance(item, str) else item.path
-    return Path(path.rstrip("/")).name.split(".")[0] or path
+    from trainables.files import source_name as default_name  # no heavy imports
+
+    return default_name(item if isinstance(item, str) else item.path)
 
 
 def _task_problems(spec: Spec) -> list[Problem]:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from trainables.files import SUPPORTED_EXTENSIONS, VALIDATION_STEMS, find_split_file
+from trainables.files import SUPPORTED_EXTENSIONS, VALIDATION_STEMS, find_split_file, source_name
 
 AUTO_TEXT_FIELDS: tuple[str | tuple[str, ...], ...] = ("sentence", "text", ("sentence1", "sentence2"), ("question", "passage"))
 VALIDATION_FRACTION = 0.1
@@ -308,7 +308,7 @@ def instruction_sources(task: dict[str, Any]) -> list[dict[str, Any]]:
     for item in items:
         source = {"path": item} if isinstance(item, str) else dict(item)
         source.setdefault("name", None)
-        source["name"] = source["name"] or Path(str(source["path"]).rstrip("/")).name.split(".")[0]
+        source["name"] = source["name"] or source_name(source["path"])
         sources.append(source)
     return sources
 
@@ -368,7 +368,7 @@ def read_instruction_file(path: Path, limit: int | None = None, seed: int = 0) -
     if not path.is_file():
         raise ValueError(f"no such file: {str(path)!r}")
     split = _instruction_columns(_subsample(_read_records(path), limit, seed), str(path), "test")
-    return split.add_column("source", [path.name.split(".")[0]] * len(split))
+    return split.add_column("source", [source_name(str(path))] * len(split))
 
 
 def read_labelled_file(path: Path, task: dict[str, Any], train: Dataset) -> Dataset:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,22 +48,25 @@ class Evaluation:
     correct: list[bool] = field(default_factory=list)  # per record, for paired comparisons
     sources: list[str] = field(default_factory=list)  # per record
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float, float]:
     """Accuracy of `second` minus `first` on the same records, with a 95% paired bootstrap
-    percentile interval (scipy's; resampling records keeps each record's pair together)."""
-    from scipy.stats import bootstrap
-
+    percentile interval (resampling records keeps each record's pair together)."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if len(a) != len(b) or not len(a):
         raise ValueError("a paired difference needs two scorings of the same records")
-    result = bootstrap((a, b), lambda x, y: float(np.mean(y) - np.mean(x)), paired=True, vectorized=False,
-                       n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                       random_state=np.random.default_rng(0))
-    return float(b.mean() - a.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = paired_bootstrap(a, b, lambda x, y: float(np.mean(y) - np.mean(x)))
+    return float(b.mean() - a.mean()), low, high
+
+
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, statistic: Any) -> tuple[float, float]:
+    """95% percentile interval of `statistic(first, second)` over records resampled in pairs (scipy, seeded)."""
+    from scipy.stats import bootstrap
+
+    result = bootstrap((first, second), statistic, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
+                       confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(0))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def proportion_interval(successes: int, n: int) -> tuple[float, float]:
@@ -80,14 +83,9 @@ def metric_interval(metric: str, labels: np.ndarray, predicted: np.ndarray) -> t
     """Accuracy: Wilson; F1 / Matthews: bootstrap percentile interval over the records (seeded)."""
     if metric == "accuracy":
         return proportion_interval(int((labels == predicted).sum()), len(labels))
-    from scipy.stats import bootstrap
-
     from trainables.tasks import score
 
-    result = bootstrap((labels, predicted), lambda y, p: score(metric, y, p), paired=True, vectorized=False,
-                       n_resamples=BOOTSTRAP_RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                       random_state=np.random.default_rng(0))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return paired_bootstrap(labels, predicted, lambda y, p: score(metric, y, p))
 
 
 def check_adapter(adapter_dir: Path, model_path: str) -> None:
@@ -148,7 +146,7 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
                         data: Path | None, seed: int, batch_size: int) -> Evaluation:
     from trainables.answers import answer_pattern
     from trainables.data import load_instruction_splits, read_instruction_file
-    from trainables.models import load_causal_lm, resolve_model_path
+    from trainables.models import IN_MEMORY_BUILTINS, load_causal_lm, resolve_model_path
     from trainables.tasks import CausalLMTask, gold_answers_by_source
 
     device = _device()
@@ -158,8 +156,8 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
     model, task.tokenizer = load_causal_lm(experiment["model"], dtype=task.dtype,
                                            trust_remote_code=experiment.get("trust_remote_code", False))
     if adapter_dir is not None:
-        check_adapter(adapter_dir, resolve_model_path(experiment["model"]) if experiment["model"] != "builtin:tiny-llama"
-                      else experiment["model"])
+        in_memory = experiment["model"] in IN_MEMORY_BUILTINS  # no folder to compare with
+        check_adapter(adapter_dir, experiment["model"] if in_memory else resolve_model_path(experiment["model"]))
         model = attach_adapter(model, adapter_dir)
     model.to(device).eval()
     encoded = task.encode(test)
@@ -189,11 +187,12 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
 
 def _majority_answers(train: Any, task: Any) -> dict[str, str]:
     """Each source's most frequent gold answer in its training split."""
+    from trainables.tasks import gold_answers
+
     counts: dict[str, Counter] = {}
-    for i, (answer, output) in enumerate(zip(train.answers, train.outputs)):
-        gold = answer or task.pattern.extract(output)
+    for source, gold in zip(train.sources, gold_answers(train, task.pattern)):
         if gold:
-            counts.setdefault(train.sources[i], Counter())[task.pattern.normalize(str(gold))] += 1
+            counts.setdefault(source, Counter())[task.pattern.normalize(gold)] += 1
     return {source: counter.most_common(1)[0][0] for source, counter in counts.items()}
 
 

@@ -15,3 +15,9 @@ def find_split_file(files: list[Path], stems: tuple[str, ...]) -> Path | None:
             if file.stem == stem and file.suffix.lower() in SUPPORTED_EXTENSIONS:
                 return file
     return None
+
+
+def source_name(path: str) -> str:
+    """A data source's default name in per-source scores: its file (or folder) name up to the
+    first dot (`boolq.train.json` -> `boolq`)."""
+    return Path(str(path).rstrip("/")).name.split(".")[0] or str(path)

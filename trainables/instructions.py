@@ -96,10 +96,10 @@ def encode_record(
     response token fits, since such a record teaches nothing.
     """
     prompt = prompt_ids(record, template, tokenizer)
-    return _fixed_length(prompt, response_ids(record, tokenizer), tokenizer.pad_token_id, max_length)
+    return fixed_length(prompt, response_ids(record, tokenizer), tokenizer.pad_token_id, max_length)
 
 
-def _fixed_length(
+def fixed_length(
     prompt: list[int], response: list[int], pad_token_id: int, max_length: int
 ) -> dict[str, list[int]] | None:
     if len(prompt) >= max_length:
@@ -132,7 +132,7 @@ def encode_records(records: Iterable[dict[str, Any]], template: str, tokenizer: 
     split = EncodedSplit({}, [], [], [], 0)
     for record in records:
         prompt = prompt_ids(record, template, tokenizer)
-        row = _fixed_length(prompt, response_ids(record, tokenizer), tokenizer.pad_token_id, max_length)
+        row = fixed_length(prompt, response_ids(record, tokenizer), tokenizer.pad_token_id, max_length)
         if row is None:
             split.dropped += 1
             continue

@@ -32,7 +32,7 @@ from torch import nn
 
 from trainables.answers import AnswerPattern, answer_pattern
 from trainables.data import load_instruction_splits, load_splits, num_labels, tokenize_splits
-from trainables.instructions import IGNORE_INDEX, EncodedSplit, encode_records, left_padded
+from trainables.instructions import IGNORE_INDEX, EncodedSplit, encode_records, fixed_length, left_padded
 from trainables.models import (
     enable_gradient_checkpointing,
     load_causal_lm,
@@ -151,13 +151,12 @@ class CausalLMTask(_Task):
     def to_answer_records(self, split: EncodedSplit, limit: int | None = None) -> list[AnswerRecord]:
         """The first `limit` records of `split` that have a gold answer (in `answer`, or found in `output`)."""
         records = []
-        for i, (answer, output) in enumerate(zip(split.answers, split.outputs)):
-            gold = answer or self.pattern.extract(output)
+        for i, gold in enumerate(gold_answers(split, self.pattern)):
             if not gold:
                 continue
             source = split.sources[i] if split.sources else ""
             candidates = split.options[i] if split.options and split.options[i] else self.source_answers.get(source, [])
-            records.append(AnswerRecord(split.prompts[i], str(gold), output, list(candidates), source))
+            records.append(AnswerRecord(split.prompts[i], gold, split.outputs[i], list(candidates), source))
             if limit and len(records) >= limit:
                 break
         return records
@@ -262,15 +261,8 @@ class CausalLMTask(_Task):
     def response_logprobs(self, model: nn.Module, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
         """Summed log-probability of each response given its prompt (right-padded, one forward)."""
         width = max(len(p) + len(r) for p, r in pairs)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(pairs), width), pad, dtype=torch.long)
-        labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
-        for row, (prompt, response) in enumerate(pairs):
-            ids = prompt + response
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, len(prompt) : len(ids)] = torch.tensor(response)
-        batch = {"input_ids": input_ids.to(self.device), "labels": labels.to(self.device),
-                 "attention_mask": (torch.arange(width)[None, :] < torch.tensor([len(p) + len(r) for p, r in pairs])[:, None]).long().to(self.device)}
+        rows = [fixed_length(prompt, response, self.tokenizer.pad_token_id, width + 1) for prompt, response in pairs]
+        batch = {k: torch.tensor([row[k] for row in rows], device=self.device) for k in rows[0]}
         logits, kept = response_logits(model, batch, self.autocast())
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = kept[:, 1:]
@@ -323,11 +315,15 @@ def gold_answers_by_source(splits: list[EncodedSplit], pattern: AnswerPattern) -
     record whose instruction names no answer format."""
     found: dict[str, dict[str, None]] = {}
     for split in splits:
-        for i, (answer, output) in enumerate(zip(split.answers, split.outputs)):
-            gold = answer or pattern.extract(output)
+        for i, gold in enumerate(gold_answers(split, pattern)):
             if gold:
-                found.setdefault(split.sources[i] if split.sources else "", {})[str(gold)] = None
+                found.setdefault(split.sources[i] if split.sources else "", {})[gold] = None
     return {source: list(answers) for source, answers in found.items()}
+
+
+def gold_answers(split: EncodedSplit, pattern: AnswerPattern) -> list[str | None]:
+    """Each record's gold answer: its `answer`, else what the pattern reads in its `output`."""
+    return [str(answer) if answer else pattern.extract(output) for answer, output in zip(split.answers, split.outputs)]
 
 
 def response_logits(model: nn.Module, batch: Tensors, autocast: ContextManager) -> tuple[torch.Tensor, torch.Tensor]:
