@@ -418,10 +418,11 @@ def test_generation_stops_a_row_once_its_answer_is_complete(tokenizer):
     from trainables.tasks import AnswerComplete
 
     prompt = tokenizer("question: is it?")["input_ids"]
-    rows = ["the correct answer is true .", "the correct answer is tr", "no idea yet", "answer3 because"]
+    rows = ["the correct answer is true .", "the correct answer is tr", "no idea yet", "answer3 because",
+            "the correct answer is true"]  # the last: "true" may still grow into "trueish"
     encoded = [prompt + tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
     width = max(map(len, encoded))
     ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in encoded])
     done = AnswerComplete(BUILTIN_PATTERNS["commonsense"], tokenizer, len(prompt))(ids)
-    assert done.tolist() == [True, False, False, True]
+    assert done.tolist() == [True, False, False, True, False]
     assert not AnswerComplete(BUILTIN_PATTERNS["number"], tokenizer, len(prompt))(ids).any()  # the last number counts
