@@ -114,10 +114,12 @@ def preflight(spec, storage_dir: str, overwrite: bool) -> None:
 
 
 def has_results(storage_dir: str) -> bool:
+    """Whether a search started in `storage_dir` (it writes its experiment file first; a
+    folder without one is what a driver killed while starting Ray left, with nothing in it)."""
     from raysearch import storage
 
     try:
-        return storage.exists(storage_dir)
+        return storage.read_text(storage_dir, storage.EXPERIMENT_FILE) is not None
     except OSError as err:  # an object store that cannot be reached or read
         fail(f"storage: cannot read {storage_dir}: {err}")
         raise
@@ -166,11 +168,6 @@ def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_e
         spec = spec_from_dict(data, source_name=name)
     except SpecError as err:
         fail(f"resume: {location}/{storages.EXPERIMENT_FILE} is no longer valid:\n{err}")
-    from raysearch.tuner import can_restore
-
-    if not can_restore(spec.storage_dir):
-        fail(f"resume: {spec.storage_dir} holds no Tune state to continue (the search never started); "
-             f"run it again with `raysearch run --restart`.")
     problems = machine_problems(spec, spec.storage_dir)
     if problems:
         fail("cannot resume:\n  " + "\n  ".join(str(p) for p in problems))

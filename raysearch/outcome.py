@@ -117,11 +117,16 @@ class SearchOutcome(tune.Callback, Stopper):
         storage.write_text(self.storage_dir, OUTCOME_FILE, json.dumps(self.describe(trials), indent=1))
 
     def describe(self, trials: list) -> dict[str, Any]:
+        from raysearch.ledger import ended_trials
+
+        # Trials that ended by themselves: those this callback saw end, and those the ledger
+        # recorded ending (after the Tune save this callback's state was restored from).
+        by_themselves = set(self.ended_order) | set(ended_trials(self.storage_dir))
         ended = {}
         for trial in trials:
             if trial.status == "ERROR":
                 status = "error"
-            elif trial.status == "TERMINATED" and trial.trial_id not in self.ended_order:
+            elif trial.status == "TERMINATED" and trial.trial_id not in by_themselves:
                 # Stopped by Tune's clean-up after Ctrl-C, not by its schedule, ASHA or an error:
                 # every trial that ends on its own passes through on_trial_complete / on_trial_error.
                 status = "stopped" if self.stopped_by_fail_fast else "unfinished"

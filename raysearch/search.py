@@ -18,6 +18,7 @@ from rich.console import Console
 from raysearch import storage
 from raysearch.storage import EXPERIMENT_FILE, SEARCH_FILE
 from raysearch.export import experiment_text
+from raysearch.ledger import LEDGER_DIR, newest_experiment_state, reconcile
 from raysearch.progress import LiveProgress
 from raysearch.space import num_trials_for
 from raysearch.spec import Spec
@@ -63,9 +64,14 @@ def ray_environment() -> None:
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
-def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite: bool = False) -> None:
+def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite: bool = False,
+               search_id: str | None = None) -> None:
     """Run the search. Raises ClusterSetupError (Ray shut down, nothing written, earlier
-    results kept even with `overwrite`) when the cluster joined cannot run it."""
+    results kept even with `overwrite`) when the cluster joined cannot run it.
+
+    With `search_id` (`raysearch resume` of a search whose driver died before Tune first saved
+    its state) the search starts again under that id: its Optuna journal and MLflow parent run
+    are kept, and the Optuna trials the dead driver asked for go to its first new trials."""
     ray_environment()
     quiet_libraries()
     concurrency = init_ray(spec)
@@ -74,7 +80,7 @@ def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite:
         storage.delete(storage_dir)
     storage.make_dirs(storage_dir)
     journal = storage.journal_file(storage_dir, spec.name)
-    if storage.kind(storage_dir) == storage.OBJECT_STORE:
+    if storage.kind(storage_dir) == storage.OBJECT_STORE and search_id is None:
         journal.unlink(missing_ok=True)  # a driver-side journal left by an earlier search of this name
     num_trials = num_trials_for(spec.search)
     console.print(
@@ -82,7 +88,7 @@ def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite:
         f"results in {storage_dir}, MLflow at {redact(spec.tracking.mlflow_uri)}",
         highlight=False,
     )
-    search_id, experiment = uuid.uuid4().hex, experiment_text(spec)
+    search_id, experiment = search_id or uuid.uuid4().hex, experiment_text(spec)
     storage.write_text(storage_dir, EXPERIMENT_FILE, redact(experiment))
     storage.write_text(storage_dir, SEARCH_FILE, json.dumps({"search_id": search_id}))
     tracking = MlflowTracking(spec.tracking.mlflow_uri, spec.name, spec.search.objectives, flat_params(spec),
@@ -103,6 +109,16 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
     quiet_libraries()
     storage_dir = str(storage_dir)
     search_id = json.loads(storage.read_text(storage_dir, SEARCH_FILE) or "{}").get("search_id")
+    if newest_experiment_state(storage_dir) is None:
+        # Killed before Tune first saved its state: nothing Tune could restore ran long enough to
+        # report. Start again, keeping the Optuna trials (reused) and the MLflow parent run.
+        console.print(f"search [bold]{spec.name}[/] was stopped before Tune first saved its state: starting it "
+                      "again, with its Optuna study and MLflow run", highlight=False)
+        for folder in ("tune", LEDGER_DIR):
+            if storage.exists(storage.join(storage_dir, folder)):
+                storage.delete(storage.join(storage_dir, folder))
+        run_search(spec, storage_dir, console, search_id=search_id)
+        return
     init_ray(spec)
     journal = storage.journal_file(storage_dir, spec.name)
     if storage.kind(storage_dir) == storage.OBJECT_STORE and not journal.exists():
@@ -116,6 +132,10 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
     MlflowTracking.uri_override = spec.tracking.mlflow_uri
     closer = MlflowTracking(spec.tracking.mlflow_uri, spec.name, spec.search.objectives, {}, search_id=search_id)
     try:
+        changes = reconcile(storage_dir)  # what the killed driver recorded after Tune last saved
+        if any(changes.values()):
+            console.print("brought Tune's saved state up to the trials' own record: " + ", ".join(
+                f"{len(ids)} {what}" for what, ids in changes.items() if ids), highlight=False)
         tuner = restore_tuner(spec, storage_dir, retry_errored)
     except Exception:
         ray.shutdown()

@@ -175,6 +175,19 @@ def read_text(location: str, name: str) -> str | None:
         return stream.read().decode()
 
 
+def list_names(location: str, suffix: str = "") -> list[str]:
+    """The names of the files directly in `location` that end with `suffix`."""
+    path = local_path(location)
+    if path is not None:
+        return sorted(p.name for p in path.glob(f"*{suffix}") if p.is_file()) if path.is_dir() else []
+    import pyarrow.fs
+
+    fs, fs_path = _filesystem(location)
+    found = fs.get_file_info(pyarrow.fs.FileSelector(fs_path.rstrip("/"), allow_not_found=True))
+    return sorted(info.base_name for info in found
+                  if info.type == pyarrow.fs.FileType.File and info.base_name.endswith(suffix))
+
+
 def delete_file(location: str, name: str) -> None:
     """Remove `location/name` if it is there."""
     path = local_path(location)

@@ -45,12 +45,54 @@ def extra_function_cpus(spec: Spec) -> float:
     return 0 if spec.resources.inline else TRIAL_FUNCTION_RESOURCES["cpu"]
 
 
+TUNE_TRIAL_ATTR = "tune_trial_id"  # on each Optuna trial: the Tune trial it was asked for
+
+
 class DivergenceAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna FAIL for a diverged trial.
+    """OptunaSearch that tells Optuna FAIL for a diverged trial, and that a restored search
+    brings level with the Optuna journal (raysearch/ledger.py).
 
     A diverged trial reports no objective values; plain OptunaSearch would try to
     `tell` None values, fail, and leave the Optuna trial RUNNING forever.
     """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if getattr(self, "_orphans", None) is None:  # a search's first suggestion (in its journal,
+            self.reconcile(known=set(), ended={})   # any trials a driver killed early asked for)
+        orphan = self._orphans.pop(0) if self._orphans else None
+        if orphan is not None and callable(self._space):
+            # Asked for by the killed driver for a trial it never recorded: this trial takes
+            # its place (the same configuration, the same Optuna trial), nothing is asked anew.
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan)
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
+
+    def reconcile(self, known: set[str], ended: dict[str, tuple[str, dict | None]]) -> None:
+        """After `Tuner.restore`, from the ledger: map each Tune trial it knows to its Optuna
+        trial (Tune's saved searcher state may predate both), tell Optuna how the trials the
+        killed driver recorded as ended ended (if it was killed before telling it), queue
+        the Optuna trials no recorded Tune trial owns, and reseed the sampler (its saved random
+        state would propose again what it proposed after that save)."""
+        self._orphans = []
+        trials = self._ot_study.get_trials(deepcopy=False)
+        for frozen in trials:
+            owner = frozen.user_attrs.get(TUNE_TRIAL_ATTR)
+            running = frozen.state == optuna.trial.TrialState.RUNNING
+            if owner in known:
+                # Optuna's own id of the trial (FrozenTrial has no public accessor for it)
+                self._ot_trials.setdefault(owner, optuna.trial.Trial(self._ot_study, frozen._trial_id))
+                if owner in ended and running:
+                    status, result = ended[owner]
+                    self.on_trial_complete(owner, result=result, error=status == "ERROR")
+                elif not running:
+                    self._completed_trials.add(owner)
+            elif running:
+                self._orphans.append(frozen._trial_id)
+        if trials:
+            self._sampler.reseed_rng()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get("diverged"):
@@ -220,6 +262,7 @@ class PruneFinishedCheckpoints(tune.Callback):
 
 
 def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
+    from raysearch.ledger import RecordingSearchGenerator, TrialLedger
     from raysearch.outcome import SearchOutcome
 
     storage_dir = str(storage_dir)  # a local path or a URI (s3://, gs://, file://): Tune takes both
@@ -228,7 +271,8 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
     return tune.Tuner(
         build_trainable(spec, storage_dir),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(spec, storage_dir, concurrency),
+            # records each trial before Optuna or MLflow hear of it (raysearch/ledger.py)
+            search_alg=RecordingSearchGenerator(build_searcher(spec, storage_dir, concurrency), storage_dir),
             scheduler=build_scheduler(spec),
             num_samples=num_trials_for(spec.search),
             reuse_actors=True,
@@ -236,7 +280,7 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
         run_config=tune.RunConfig(
             name="tune",
             storage_path=storage_dir,
-            callbacks=[*callbacks, outcome, *([PruneFinishedCheckpoints(spec.train.keep_checkpoints)]
+            callbacks=[TrialLedger(storage_dir), *callbacks, outcome, *([PruneFinishedCheckpoints(spec.train.keep_checkpoints)]
                                               if spec.resources.inline else [])],
             stop=outcome,
             verbose=0,
@@ -259,10 +303,6 @@ def build_trainable(spec: Spec, storage_dir: str) -> Any:
 def tune_path(storage_dir: str) -> str:
     """The Tune experiment folder of a search (what `Tuner.restore` reads)."""
     return storage.join(str(storage_dir), "tune")
-
-
-def can_restore(storage_dir: str) -> bool:
-    return tune.Tuner.can_restore(tune_path(storage_dir))
 
 
 def restore_tuner(spec: Spec, storage_dir: str, retry_errored: bool = False) -> tune.Tuner:

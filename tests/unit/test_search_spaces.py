@@ -44,9 +44,20 @@ def test_set_override_is_validated(tmp_path):
 
 def test_existing_results_need_overwrite(tmp_path):
     (tmp_path / "results" / "demo").mkdir(parents=True)
+    (tmp_path / "results" / "demo" / "experiment.yaml").write_text("name: demo\n")  # a search started there
     result = CliRunner().invoke(app, ["run", "--space", str(Path(SPACES[0].parent, "demo.yaml")),
                                       "--storage", str(tmp_path / "results")])
     assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+def test_a_folder_left_by_a_driver_killed_while_starting_is_not_a_search(tmp_path):
+    from raysearch.cli import has_results
+
+    folder = tmp_path / "demo"
+    folder.mkdir()  # what a driver killed while Ray started leaves: nothing to resume
+    assert not has_results(str(folder))
+    (folder / "experiment.yaml").write_text("name: demo\n")  # the first thing a search writes
+    assert has_results(str(folder))
 
 
 def test_the_driver_validates_and_starts_without_the_training_libraries(tmp_path):

@@ -1,0 +1,141 @@
+"""A search SIGKILLed at many moments, each followed by `raysearch resume`, ends exactly as
+one run would have: each trial once in MLflow and in the Optuna study, no finished run
+rewritten, every trial's steps logged once and in order, each interrupted trial continued
+from its last checkpoint (issue 17).
+
+The moments are seeded: random delays after each (re)start, plus moments chosen by event,
+polled every 10 ms: right after a trial is recorded as ended (before Optuna and MLflow are
+told) and right after a new trial is created (before Tune saves it). Tune saves its own
+experiment state only every ≥10 s here (its default), so most kills fall where it lags."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from raysearch.ledger import read_records
+from test_resume import RAYSEARCH, child_runs
+from tiny_search import continuation_problems, write_experiment
+
+pytestmark = pytest.mark.integration
+
+TRIALS, EVAL_EVERY, STEPS = 6, 4, 96  # 96 examples, batch 8: 12 steps an epoch, 8 epochs
+KILLS, SEED = 10, int(os.environ.get("RAYSEARCH_KILL_SEED", "17"))  # another seed: other moments
+FINISHED = ("completed", "early_stopped")
+
+
+def kill_plan(seed: int) -> list[tuple[str, float]]:
+    """(trigger, delay) for each kill: "ended" and "created" twice each, the rest random
+    delays after the (re)start, in a seeded order."""
+    rng = random.Random(seed)
+    plan = [("ended", 0.0), ("ended", 0.0), ("created", 0.0), ("created", 0.0)]
+    plan += [("delay", round(rng.uniform(0.5, 14.0), 2)) for _ in range(KILLS - len(plan))]
+    rng.shuffle(plan)
+    return plan
+
+
+def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path, started: float) -> bool:
+    """Wait for the moment to kill; False when the search ended first."""
+    before = read_records(str(results))
+    ended_before = {t for t, r in before.items() if r.get("ended")}
+    while driver.poll() is None:
+        if trigger == "delay" and time.time() - started >= delay:
+            return True
+        if trigger != "delay":
+            records = read_records(str(results))
+            if trigger == "ended" and {t for t, r in records.items() if r.get("ended")} - ended_before:
+                return True
+            if trigger == "created" and set(records) - set(before):
+                return True
+            if time.time() - started > 90:  # no such event this time: kill anyway
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def snapshot(uri: str) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Finished runs (trial id -> end time, metrics) and every run's last logged step."""
+    client, finished, last_step = mlflow.MlflowClient(uri), {}, {}
+    for run in child_runs(uri, "anytime"):
+        trial_id = run.data.tags["raysearch.trial_id"]
+        if run.info.status == "FINISHED" and run.data.tags.get("raysearch.status") in FINISHED:
+            finished[trial_id] = (run.info.end_time, dict(run.data.metrics))
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        last_step[trial_id] = max((m.step for m in history), default=0)
+    return finished, last_step
+
+
+def test_killed_at_random_moments_resumes_exactly(tmp_path, tiny_model_dir):
+    space = write_experiment(tmp_path / "anytime.yaml", tiny_model_dir, name="anytime", search={
+        "sampler": "random", "num_trials": TRIALS, "max_concurrent": 2, "seed": SEED,
+        "early_stopping": {"scheduler": "none"},
+        "space": {"rank": {"choice": [2, 4, 8]}, "lr": {"loguniform": [1e-3, 1e-2]}},
+    }, resources={"workers_per_trial": 1, "cpus_per_worker": 1},
+        train={"epochs": STEPS // 12, "batch_size": 8, "lr": 5e-3, "eval_every_steps": EVAL_EVERY})
+    root, uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
+    results = root / "anytime"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("TUNE_GLOBAL_CHECKPOINT_S", None)  # Tune's own period: its saved state lags
+    run = [RAYSEARCH, "run", "--space", str(space), "--storage", str(root), "--mlflow-uri", uri]
+    resume = [RAYSEARCH, "resume", "anytime", "--storage", str(root), "--mlflow-uri", uri]
+
+    kills, finished_seen, at_kill = [], {}, []
+    for trigger, delay in kill_plan(SEED):
+        # killed before it wrote anything (while starting Ray), a search is started again
+        command = resume if (results / "experiment.yaml").is_file() else run
+        started = time.time()
+        log = (tmp_path / f"driver-{len(kills)}.log").open("w")
+        driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            if not wait_for(trigger, delay, driver, results, started):
+                pytest.fail(f"the search finished after only {len(kills)} kills; lengthen it\n"
+                            + (tmp_path / f"driver-{len(kills)}.log").read_text()[-3000:])
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, at once
+            driver.wait()
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        kills.append((trigger, round(time.time() - started, 2)))
+        time.sleep(1)
+        finished, last_step = snapshot(uri)
+        finished_seen.update({t: v for t, v in finished.items() if t not in finished_seen})
+        at_kill.append(last_step)
+
+    done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"kills (trigger, seconds after start): {kills}")
+
+    client = mlflow.MlflowClient(uri)
+    runs = child_runs(uri, "anytime")
+    trial_ids = [r.data.tags["raysearch.trial_id"] for r in runs]
+    assert len(runs) == TRIALS and len(set(trial_ids)) == TRIALS, sorted(trial_ids)
+    assert all(r.info.status == "FINISHED" and r.data.tags["raysearch.status"] in FINISHED for r in runs), (
+        [(t, r.info.status, r.data.tags["raysearch.status"]) for t, r in zip(trial_ids, runs)], done.stdout[-3000:])
+    assert len({r.data.params["lr"] for r in runs}) == TRIALS, "a configuration ran twice"
+    for trial_id, (end_time, metrics) in finished_seen.items():  # finished before a kill: untouched
+        run = next(r for r in runs if r.data.tags["raysearch.trial_id"] == trial_id)
+        assert (run.info.end_time, dict(run.data.metrics)) == (end_time, metrics), trial_id
+    continued = 0
+    for run in runs:
+        trial_id = run.data.tags["raysearch.trial_id"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        resumed = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")}
+        at_kills = [snapshot_at.get(trial_id, 0) for snapshot_at in at_kill]
+        problems = continuation_problems(steps, resumed, at_kills, EVAL_EVERY, STEPS)
+        assert not problems, (trial_id, problems, at_kills)
+        continued += sum(2 * EVAL_EVERY <= last < STEPS for last in set(at_kills))
+    assert continued >= 2, f"too few kills interrupted a trial mid-way to check continuation: {continued}"
+
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(results / "optuna.journal")))
+    study = optuna.load_study(study_name="anytime", storage=journal)
+    assert len(study.trials) == TRIALS, [(t.number, t.state) for t in study.trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(trial_ids)
