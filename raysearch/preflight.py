@@ -34,6 +34,7 @@ def machine_problems(spec: Spec, storage_dir: str) -> list[Problem]:
         *dataset_problems(spec),
         *model_problems(spec),
         *target_problems(spec),
+        *fit_problems(spec),
         *mlflow_problems(spec.tracking.mlflow_uri),
         *storage_problems(spec, storage_dir),
         *resource_problems(spec),
@@ -155,27 +156,54 @@ def target_problems(spec: Spec) -> list[Problem]:
     return problems
 
 
-def _meta_model(spec: Spec):
-    """The experiment's model with its layers but no weights (meta device); None when only its
-    hub id is known, or the model cannot be built from its config here."""
+def _model_path(spec: Spec) -> str | None:
+    """Where the experiment's model config can be read offline (a folder, or an in-memory
+    builtin's name); None for a hub id, or SmolLM2 before its first conversion."""
     name = spec.model
     if name == "builtin:smollm2":
         from trainables.pretrained import cache_dir
 
         folders = sorted((cache_dir() / "models").glob("smollm2-*/config.json"))
-        if not folders:
-            return None  # not converted yet: the first trial converts it and checks its modules
-        path = str(folders[-1].parent)
-    elif name == "builtin:tiny-llama" or name == "builtin:minilm" or Path(name).expanduser().is_dir():
-        path = name
-    else:
+        return str(folders[-1].parent) if folders else None  # else the first trial converts and checks it
+    if name in ("builtin:tiny-llama", "builtin:minilm") or Path(name).expanduser().is_dir():
+        return name
+    return None
+
+
+# What `builtin:tiny-llama` (built in memory, no folder) would say in a config.json.
+_IN_MEMORY_CONFIGS = {"builtin:tiny-llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}}
+
+
+def _model_config(spec: Spec) -> dict | None:
+    """The model's config.json as a dict (json only: no transformers import, no weights), or
+    None where it cannot be read offline (see _model_path)."""
+    path = _model_path(spec)
+    if path is None:
+        return None
+    if path in _IN_MEMORY_CONFIGS:
+        return dict(_IN_MEMORY_CONFIGS[path])
+    from trainables.models import resolve_model_path
+
+    try:
+        return json.loads((Path(resolve_model_path(path)).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # a folder this check cannot read is the trials' to report
+
+
+def _meta_model(spec: Spec):
+    """The experiment's model with its layers but no weights (meta device); None when only its
+    hub id is known, or the model cannot be built from its config here."""
+    path = _model_path(spec)
+    if path is None:
         return None
     import torch
 
-    from trainables.models import IN_MEMORY_BUILTINS, resolve_model_path, tiny_llama
+    from trainables.models import IN_MEMORY_BUILTINS, resolve_model_path
 
     try:
         if path in IN_MEMORY_BUILTINS:
+            from trainables.models import tiny_llama
+
             return tiny_llama()[0]
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -185,6 +213,136 @@ def _meta_model(spec: Spec):
             return kind.from_config(config, trust_remote_code=spec.trust_remote_code)
     except Exception:  # noqa: BLE001 - a model this check cannot build is the trials' to report
         return None
+
+
+def fit_problems(spec: Spec) -> list[Problem]:
+    """What the model's config says no to: a task type it has no head for, a trained classifier
+    head with another label count than the data's, a chat prompt without a chat template, and
+    GoRA's rank cap above what the targeted layers can hold. Read from config files and the
+    meta-device model, like `target_problems`; skipped for hub ids (offline)."""
+    config = _model_config(spec)
+    if config is None:
+        return []
+    problems = _task_type_problems(spec, config)
+    if problems:
+        return problems  # the other checks assume the task fits
+    if spec.task.type == "classification":
+        problems += _label_count_problems(spec, config)
+    elif spec.task.prompt_template == "chat":
+        problems += _chat_template_problems(spec)
+    problems += _gora_rank_problems(spec)
+    return problems
+
+
+def _architectures(config: dict) -> list[str]:
+    return list(config.get("architectures") or [])
+
+
+GENERATING_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _task_type_problems(spec: Spec, config: dict) -> list[Problem]:
+    model_type, architectures = config.get("model_type", "?"), _architectures(config)
+    described = f"{spec.model} is a {model_type} model ({', '.join(architectures) or 'no architectures listed'})"
+    if spec.task.type == "causal_lm":
+        if architectures and not any(name.endswith(GENERATING_HEADS) for name in architectures):
+            return [Problem("task.type", "causal_lm", f"{described}: an encoder or a model without a causal-LM head, "
+                            "which cannot generate answers. Use a decoder (builtin:smollm2, a LLaMA/Qwen/GPT folder) "
+                            "or task.type: classification")]
+        return []
+    if spec.model.startswith("builtin:") or any(name.endswith("ForSequenceClassification") for name in architectures):
+        return []  # the built-in models (BERT, LLaMA) have the head; so does a folder saved with one
+    # transformers' own table, imported only here: a driver with a built-in model never pays for it
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return [Problem("task.type", "classification", f"{described}: transformers has no sequence-classification "
+                        "head for it. Use task.type: causal_lm, or a model with one (BERT, LLaMA, Qwen, ...)")]
+    return []
+
+
+def _label_count_problems(spec: Spec, config: dict) -> list[Problem]:
+    """A folder whose classifier head is already trained (architectures name
+    ...ForSequenceClassification) loads only with the label count it was trained for."""
+    if not any(name.endswith("ForSequenceClassification") for name in _architectures(config)):
+        return []  # a fresh head is sized to the data's labels
+    labels = _data_label_count(spec)
+    trained = len(config.get("id2label") or {}) or int(config.get("num_labels") or 0)
+    if labels is None or not trained or labels == trained:
+        return []
+    return [Problem("model", spec.model, f"its classifier head was trained for {trained} labels; "
+                    f"task.dataset has {labels} (task.label_field: {spec.task.label_field}). Use the base model "
+                    "without that head (a folder saved from AutoModel) or data with the same labels")]
+
+
+DATA_SIZE_TO_COUNT_LABELS = 50 << 20  # bytes: larger files are left to the first trial
+
+
+def _data_label_count(spec: Spec) -> int | None:
+    source = spec.task.dataset
+    if not isinstance(source, str) or not (source == "builtin:demo" or _is_local(source)):
+        return None
+    if _is_local(source):
+        path = Path(source).expanduser()
+        files = _split_files(path) if path.exists() else []
+        if not files or sum(f.stat().st_size for f in files) > DATA_SIZE_TO_COUNT_LABELS:
+            return None
+    from trainables.data import load_splits, num_labels
+
+    try:
+        return num_labels(load_splits(spec.task.model_dump()))
+    except Exception:  # noqa: BLE001 - unreadable data is reported by dataset_problems or the first trial
+        return None
+
+
+def _chat_template_problems(spec: Spec) -> list[Problem]:
+    """From the tokenizer's files (tokenizer_config.json, chat_template.jinja/.json)."""
+    path = _model_path(spec)
+    if spec.model == "builtin:smollm2" or path is None:
+        return []  # SmolLM2's GGUF carries its chat template
+    if path not in _IN_MEMORY_CONFIGS:  # tiny-llama's tokenizer (MiniLM's vocabulary) has none
+        from trainables.models import resolve_model_path
+
+        folder = Path(resolve_model_path(path)).expanduser()
+        if any((folder / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
+            return []
+        try:
+            if json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"):
+                return []
+        except (OSError, ValueError):
+            return []  # no tokenizer files this check can read: the trials' to report
+    return [Problem("task.prompt_template", "chat", f"the tokenizer of {spec.model} has no chat template. "
+                    "Use prompt_template: alpaca, or a template string with {instruction}")]
+
+
+def _gora_rank_problems(spec: Spec) -> list[Problem]:
+    """GoRA gives each layer up to `gora_r_max` ranks; a layer of shape d_out x d_in holds at
+    most min(d_in, d_out) independent ones."""
+    r_max = getattr(spec.adapter, "gora_r_max", None)
+    if r_max is None or "gora" not in _variants(spec):
+        return []
+    model = _meta_model(spec)
+    if model is None:
+        return []
+    from trainables.models import matches_target, resolve_target_modules
+
+    try:
+        targets = resolve_target_modules(model, list(spec.adapter.target_modules or []) or None)
+    except (ValueError, TypeError):
+        return []  # target_problems reports it
+    smallest = min((min(module.in_features, module.out_features) for name, module in model.named_modules()
+                    if hasattr(module, "in_features") and any(matches_target(name, t) for t in targets)), default=None)
+    if smallest is None or r_max <= smallest:
+        return []
+    return [Problem("adapter.gora_r_max", r_max, f"above the smallest targeted layer's rank limit, "
+                    f"min(d_in, d_out) = {smallest}. Allowed: 1..{smallest}")]
+
+
+def _variants(spec: Spec) -> set[str]:
+    dimension = spec.search.space.get("variant")
+    if dimension is not None and dimension.choice:
+        return {str(value) for value in dimension.choice}
+    return {str(spec.adapter.variant)} if getattr(spec.adapter, "variant", None) else set()
 
 
 # --- MLflow ----------------------------------------------------------------------------

@@ -216,3 +216,74 @@ def test_target_modules_the_model_lacks_are_caught_before_start(tmp_path, tiny_m
     assert "['w9']" in problem.message
     hub = spec_from_dict({**base, "model": "org/some-model", "adapter": {"target_modules": ["nope"]}})
     assert target_problems(hub) == []  # hub ids are not looked up offline
+
+
+def _causal(model: str, tmp_path: Path, **task: Any) -> Any:
+    return spec_from_dict({"name": "c", "model": model, "task": {"type": "causal_lm", "dataset": str(tmp_path), **task},
+                           "search": {"space": {"rank": {"choice": [4]}}, "objectives": {"val_answer_accuracy": "max"}}})
+
+
+def test_a_task_the_model_has_no_head_for_is_caught_before_start(tmp_path, tiny_model_dir):
+    from transformers import AutoConfig
+
+    from raysearch.preflight import fit_problems
+
+    (problem,) = fit_problems(_causal(str(tiny_model_dir), tmp_path))  # a BERT classifier cannot generate
+    assert (problem.path, problem.value) == ("task.type", "causal_lm") and "bert" in problem.message
+    assert fit_problems(_causal("builtin:tiny-llama", tmp_path)) == []
+    clip = tmp_path / "clip"
+    AutoConfig.for_model("clip").save_pretrained(clip)  # no sequence-classification head in transformers
+    spec = spec_from_dict({"name": "k", "model": str(clip), "task": {"dataset": "builtin:demo"},
+                           "search": {"space": {"rank": {"choice": [4]}}}})
+    (problem,) = fit_problems(spec)
+    assert (problem.path, problem.value) == ("task.type", "classification")
+
+
+def test_a_trained_head_with_another_label_count_is_caught(tmp_path):
+    from tiny_bert import save_tiny_bert
+
+    from raysearch.preflight import fit_problems
+
+    def spec(labels: int) -> Any:
+        return spec_from_dict({"name": "l", "model": str(save_tiny_bert(tmp_path / f"bert{labels}", num_labels=labels)),
+                               "task": {"dataset": "builtin:demo"}, "search": {"space": {"rank": {"choice": [4]}}}})
+
+    (problem,) = fit_problems(spec(3))  # the demo data has 2 labels
+    assert problem.path == "model" and "trained for 3 labels" in problem.message and "has 2" in problem.message
+    assert fit_problems(spec(2)) == []
+
+
+def test_a_chat_prompt_needs_a_chat_template(tmp_path):
+    from raysearch.preflight import fit_problems
+
+    (problem,) = fit_problems(_causal("builtin:tiny-llama", tmp_path, prompt_template="chat"))
+    assert (problem.path, problem.value) == ("task.prompt_template", "chat") and "no chat template" in problem.message
+    folder = tmp_path / "decoder"  # a decoder's folder, as save_pretrained writes it
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+    assert len(fit_problems(_causal(str(folder), tmp_path, prompt_template="chat"))) == 1
+    assert fit_problems(_causal(str(folder), tmp_path, prompt_template="alpaca")) == []
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "chat_template": "{{ x }}"}))
+    assert fit_problems(_causal(str(folder), tmp_path, prompt_template="chat")) == []
+
+
+def test_gora_rank_cap_above_the_targeted_layers_is_caught(tmp_path):
+    from raysearch.preflight import fit_problems
+
+    def spec(r_max: int) -> Any:  # tiny-llama: hidden 32; k/v project to 32 too (no grouped heads)
+        return spec_from_dict({"name": "g", "model": "builtin:tiny-llama", "adapter": {"gora_r_max": r_max},
+                               "task": {"type": "causal_lm", "dataset": str(tmp_path)},
+                               "search": {"space": {"variant": {"choice": ["lora", "gora"]}, "rank": {"choice": [4]}},
+                                          "objectives": {"val_answer_accuracy": "max"}}})
+
+    (problem,) = fit_problems(spec(64))
+    assert (problem.path, problem.value) == ("adapter.gora_r_max", 64) and "Allowed: 1..32" in problem.message
+    assert fit_problems(spec(32)) == []
+
+
+def test_fit_problems_stop_the_cli_with_exit_2(tmp_path, tiny_model_dir):
+    data = experiment(model=str(tiny_model_dir), task={"type": "causal_lm", "dataset": str(tmp_path)},
+                      search={"space": dict(SPACE), "objectives": {"val_answer_accuracy": "max"}})
+    output = run_bad(tmp_path, data, field="task.type")
+    assert "cannot generate" in output
