@@ -467,7 +467,7 @@ class MlflowTracking(Callback):
     def close(self, status: str = "FINISHED") -> None:
         """Terminate every run of this search still RUNNING. Idempotent; call it in a `finally`.
 
-        Children without a final status become KILLED with raysearch.status=error;
+        Children without a final status become KILLED with raysearch.status=interrupted;
         the parent gets `status` ("FINISHED", "FAILED" or "KILLED").
         """
         self._wait_opening()
@@ -483,7 +483,11 @@ class MlflowTracking(Callback):
             if run.info.status != "RUNNING":
                 continue
             if run.data.tags.get(TAG_STATUS, "running") == "running":
-                client.set_tag(run.info.run_id, TAG_STATUS, "error")
+                # Not an error of the trial's: the search stopped under it (Ctrl-C, or the driver
+                # failed). `raysearch resume` continues it, as for a killed driver (sweep_stale).
+                client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
+                client.set_tag(run.info.run_id, TAG_REASON, "the search stopped before this trial ended; "
+                               "raysearch resume continues it")
             client.set_terminated(run.info.run_id, "KILLED")
         if client.get_run(self.parent_run_id).info.status == "RUNNING":
             client.set_terminated(self.parent_run_id, status)

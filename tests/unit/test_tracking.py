@@ -209,7 +209,7 @@ def test_no_run_left_running(finished: tuple[MlflowTracking, str, Path]) -> None
     assert not client.search_runs([callback.experiment_id], "attributes.status = 'RUNNING'")
 
 
-def test_close_kills_unfinished_trials_and_is_idempotent(callback: MlflowTracking, uri: str) -> None:
+def test_close_marks_unfinished_trials_interrupted_and_is_idempotent(callback: MlflowTracking, uri: str) -> None:
     trial = FakeTrial("t9", {"variant": "lora", "rank": 8})
     callback.on_trial_start(0, [], trial)
     _report(callback, trial, [_result(10, 0.5, 100)])
@@ -217,7 +217,9 @@ def test_close_kills_unfinished_trials_and_is_idempotent(callback: MlflowTrackin
     callback.close("KILLED")
     client = MlflowClient(tracking_uri=uri)
     run = _runs_by_trial(client, callback)["t9"]
-    assert run.info.status == "KILLED" and run.data.tags["raysearch.status"] == "error"
+    # Ctrl-C is not the trial's error: resume continues it (the summary says "unfinished")
+    assert run.info.status == "KILLED" and run.data.tags["raysearch.status"] == "interrupted"
+    assert "raysearch resume continues it" in run.data.tags["raysearch.reason"]
     assert client.get_run(callback.parent_run_id).info.status == "KILLED"
 
 
