@@ -34,6 +34,8 @@ endif
 demo: $(STAMP)
 	$(BIN)/raysearch run --space search_spaces/demo.yaml --storage raysearch_results --mlflow-uri sqlite:///mlflow.db --overwrite
 	$(BIN)/raysearch leaderboard demo --pareto --mlflow-uri sqlite:///mlflow.db
+	$(BIN)/raysearch report demo --storage raysearch_results --mlflow-uri sqlite:///mlflow.db
+	@echo "Optuna dashboard: $(BIN)/raysearch dashboard demo --storage raysearch_results  (then http://127.0.0.1:8080)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900

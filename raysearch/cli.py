@@ -257,6 +257,67 @@ def leaderboard(
     print_leaderboard(mlflow_uri, name, pareto=pareto, top=top)
 
 
+def search_folder(name: str, storage_root: str) -> str:
+    """`<storage>/<name>` as `run` wrote it (a local path resolved, a URI kept)."""
+    from raysearch import storage as storages
+
+    return (storages.join(storage_root, name) if "://" in storage_root
+            else str(Path(storage_root).expanduser().resolve() / name))
+
+
+@app.command()
+def report(
+    name: str = typer.Argument(..., help="Search name"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Results folder the search ran with "
+                                          "(default ./raysearch_results): its Optuna journal"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default <storage>/<name>/report.html)"),
+    mlflow_uri: str = typer.Option("sqlite:///mlflow.db", "--mlflow-uri"),
+    mlflow_ui: str = typer.Option("http://127.0.0.1:5000", "--mlflow-ui", help="Where `mlflow ui` serves the store "
+                                  "(the page links each trial to its run there)"),
+) -> None:
+    """One self-contained HTML page of a search: Pareto front, learning curves, hyperparameter
+    importance, rank allocations, leaderboard. Also logged on the search's MLflow run."""
+    from raysearch import storage as storages
+
+    folder = search_folder(name, storage or DEFAULT_STORAGE)
+    local = storages.local_path(folder)
+    target = out or (local / "report.html" if local is not None else Path(f"{name}-report.html"))
+    from raysearch.report import write_report
+
+    try:
+        path, experiment_page = write_report(name, folder, mlflow_uri, target, mlflow_ui)
+    except ValueError as err:
+        fail(f"report: {err}")
+    console.print(f"report: {path} (open it in a browser; also on the search's MLflow run as report.html)",
+                  highlight=False, markup=False, soft_wrap=True)
+    console.print(f"MLflow: {experiment_page}  (with `mlflow ui --backend-store-uri {redact(mlflow_uri)}` running)",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def dashboard(
+    name: str = typer.Argument(..., help="Search name"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Results folder the search ran with "
+                                          "(default ./raysearch_results)"),
+    port: int = typer.Option(8080, "--port", help="Port on 127.0.0.1"),
+) -> None:
+    """Serve the search's Optuna study with optuna-dashboard on 127.0.0.1 (Pareto front,
+    history, parameter importances), read from the journal the search writes."""
+    from raysearch import storage as storages
+
+    folder = search_folder(name, storage or DEFAULT_STORAGE)
+    journal = storages.journal_file(folder, name)
+    if not journal.is_file():
+        fail(f"dashboard: no Optuna journal for search '{name}' at {journal}. Pass --storage DIR, the folder "
+             "the search ran with.")
+    import optuna
+    from optuna_dashboard import run_server
+
+    backend = optuna.storages.journal.JournalFileBackend(str(journal))
+    console.print(f"optuna-dashboard for '{name}' at http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False)
+    run_server(optuna.storages.JournalStorage(backend), host="127.0.0.1", port=port)
+
+
 @app.command()
 def export(
     name: str = typer.Argument(..., help="Search name"),
@@ -351,11 +412,11 @@ def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | No
              **{k: v for k, v in row.items() if k not in ("params", "metrics")}} for row in nested]
     table = Table(title=f"{name}: {'Pareto front' if pareto else 'leaderboard'} ({len(rows)} trials)")
     metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
-    columns = [c for c in ("trial_id", "variant", "rank", "alpha", "scaling", "lr", *metrics,
+    columns = [c for c in ("trial_id", "variant", "rank", "alpha", "scaling_rule", "lr", *metrics,
                            "val_loss", "adapter_params", "status", "pareto")
                if any(c in r for r in rows)]
     for c in columns:
-        table.add_column(c, justify="left" if c in ("trial_id", "variant", "scaling", "status") else "right")
+        table.add_column(c, justify="left" if c in ("trial_id", "variant", "scaling_rule", "status") else "right")
     for r in rows:
         table.add_row(*(r["trial_id"][:8] if c == "trial_id" else fmt(r.get(c)) for c in columns))
     console.print(table)

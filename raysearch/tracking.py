@@ -45,6 +45,7 @@ TAG_OBJECTIVES = "raysearch.objectives"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_SEARCH_ID = "raysearch.search_id"  # on the parent run: how a resumed search finds it again
 TAG_REASON = "raysearch.reason"  # why a run was closed by raysearch rather than by its trial
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"  # MLflow 3's UI reads it
 
 FINISHED_STATUSES = ("completed", "early_stopped")  # trials that count for the Pareto front
 EXPERIMENT_ARTIFACT = "experiment.yaml"  # on the parent run: the validated experiment file
@@ -99,6 +100,15 @@ def _metrics_from_result(result: Mapping[str, Any], extra_keys: Iterable[str] = 
     """The finite metrics of one reported result worth keeping in MLflow."""
     wanted = {k for k in result if k.startswith("val_")} | set(_PLAIN_METRICS) | set(extra_keys)
     return {k: float(result[k]) for k in sorted(wanted) if k in result and _finite(result[k])}
+
+
+def scaling_rule(exponent: float) -> str:
+    """The adapter scale alpha / r**p as text: alpha/r (LoRA), alpha/sqrt(r) (RoRA, rsLoRA, GoRA)."""
+    if exponent == 1.0:
+        return "alpha/r"
+    if exponent == 0.5:
+        return "alpha/sqrt(r)"
+    return f"alpha/r^{exponent:g}"
 
 
 def _result_step(result: Mapping[str, Any]) -> int:
@@ -211,6 +221,7 @@ class MlflowTracking(Callback):
         self._last_results: dict[str, dict] = {}
         self._client_obj: MlflowClient | None = None
         self._logged_through: dict[str, int] = {}  # trial_id -> last step its run holds
+        self._effective_logged: set[str] = set()  # run ids that have their scaling_rule
         self._parent_lock = threading.Lock()
         self._opening: Future | None = None  # `setup`'s background ensure_parent
 
@@ -231,6 +242,7 @@ class MlflowTracking(Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_logged_through", {})  # pickled by a version without it
+        self.__dict__.setdefault("_effective_logged", set())
         self._parent_lock, self._opening = threading.Lock(), None
         if MlflowTracking.uri_override:
             self.mlflow_uri = MlflowTracking.uri_override
@@ -257,6 +269,10 @@ class MlflowTracking(Callback):
                 experiment.experiment_id if experiment else client.create_experiment(
                     self.experiment_name, artifact_location=_artifact_location(self.mlflow_uri, self.experiment_name))
             )
+            if experiment is None or experiment.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+                # MLflow 3 opens an experiment of unknown kind on its GenAI overview (traces);
+                # a fine-tuning experiment opens on its training runs.
+                client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         if self.parent_run_id is None and self.search_id:
             self.parent_run_id = self._parent_by_search_id(self.experiment_id)
             if self.parent_run_id:
@@ -336,7 +352,7 @@ class MlflowTracking(Callback):
             self._logged_through[trial_id] = -1  # a new run holds no step
             run = client.create_run(
                 self.experiment_id,
-                run_name=trial_id,
+                run_name=self.run_name(getattr(trial, "config", None) or {}, trial_id),
                 tags={TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running"},
             )
         logged = run.data.params
@@ -345,6 +361,15 @@ class MlflowTracking(Callback):
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         self._run_ids[trial_id] = run.info.run_id
         return run.info.run_id
+
+    def run_name(self, config: Mapping[str, Any], trial_id: str) -> str:
+        """`dora r8 a1b2c3d4`: what tells runs apart in MLflow's run table (variant and rank,
+        sampled or fixed by the experiment, then the Tune trial id)."""
+        def setting(key: str) -> Any:
+            return config.get(key, self.search_config.get(f"adapter.{key}"))
+
+        parts = [str(setting("variant") or ""), f"r{setting('rank')}" if setting("rank") is not None else "", trial_id]
+        return " ".join(part for part in parts if part)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         """Once, on a resumed search: trials Tune restored as ended whose run the stopped
@@ -373,6 +398,7 @@ class MlflowTracking(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._child_run_id(trial)
         self._last_results[str(trial.trial_id)] = dict(result)
+        self._log_effective(run_id, result)
         metrics = _metrics_from_result(result, extra_keys=self.objectives)
         if not metrics:
             return
@@ -384,6 +410,17 @@ class MlflowTracking(Callback):
             return
         self._client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
         self._logged_through[trial_id] = step
+
+    def _log_effective(self, run_id: str, result: Mapping[str, Any]) -> None:
+        """Once per run: what its variant applied, whatever was sampled (`scaling_rule`,
+        `effective_loraplus_ratio`), so runs of different variants group and filter alike."""
+        if run_id in self._effective_logged or result.get("scaling_exponent") is None:
+            return
+        params = {"scaling_rule": scaling_rule(float(result["scaling_exponent"]))}
+        if result.get("effective_loraplus_ratio") is not None:
+            params["effective_loraplus_ratio"] = f"{float(result['effective_loraplus_ratio']):g}"
+        self._client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])  # same values on a rerun
+        self._effective_logged.add(run_id)
 
     def _last_logged_step(self, trial_id: str, run_id: str) -> int:
         """The last step `run_id` holds; read from MLflow once per run this driver reopens."""
@@ -674,6 +711,40 @@ def latest_search(mlflow_uri: str, experiment_name: str) -> tuple[str, str]:
         except Exception as error:  # noqa: BLE001 - MLflow raises several types for a missing artifact
             raise ValueError(f"the search run {parent_id} has no {EXPERIMENT_ARTIFACT}: {error}") from None
         return parent_id, Path(path).read_text()
+
+
+def search_record(mlflow_uri: str, experiment_name: str, curve_metrics: Iterable[str] = ()) -> dict[str, Any]:
+    """Everything `raysearch report` draws, from the latest search named `experiment_name`:
+    experiment and parent run ids, objectives, the leaderboard rows, each trial's validation
+    curves (`curve_metrics` and val_loss: trial id -> metric -> [(step, value)]) and the last
+    rank allocation of trials whose variant reallocates ranks (trial id -> module -> rank)."""
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    rows = leaderboard(mlflow_uri, experiment_name)
+    experiment = client.get_experiment_by_name(experiment_name)
+    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.\"{TAG_ROLE}\" = 'search'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    objectives = _objectives_of(parent)
+    names = list(dict.fromkeys(["val_loss", *curve_metrics, *(k for k in objectives if k.startswith("val_"))]))
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    for row in rows:
+        curves[row["trial_id"]] = {name: [(m.step, m.value) for m in sorted(
+            client.get_metric_history(row["run_id"], name), key=lambda m: m.step)] for name in names}
+        if any(a.path == "ranks" for a in client.list_artifacts(row["run_id"])):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = client.download_artifacts(row["run_id"], "ranks/ranks.json", tmp)
+                ranks[row["trial_id"]] = parse_ranks(Path(path).read_text())
+    return {"experiment_id": experiment.experiment_id, "parent_run_id": parent.info.run_id,
+            "objectives": objectives, "rows": rows, "curves": curves, "ranks": ranks}
+
+
+def log_report(mlflow_uri: str, parent_run_id: str, path: Path) -> None:
+    """Log the report page on the search's parent run (artifact `report.html`)."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(path, Path(tmp, "report.html"))
+        MlflowClient(tracking_uri=mlflow_uri).log_artifact(parent_run_id, str(Path(tmp, "report.html")))
 
 
 TAG_TEST = "raysearch.test"  # which records a run's test_* metrics were scored on
