@@ -24,11 +24,15 @@ def experiment_text(spec: Spec) -> str:
 def retrain_experiment(experiment: dict[str, Any], params: dict[str, str], trial_id: str) -> dict[str, Any]:
     """The search's experiment with its space fixed at one trial's sampled values.
 
-    MLflow keeps params as strings; YAML parsing restores numbers and booleans.
+    MLflow keeps params as strings; YAML parsing restores numbers and booleans. Only the
+    space's own dimensions are taken (a run also records what its variant implied, e.g.
+    `scaling_rule`).
     """
     data = dict(experiment)
     search = dict(data.get("search", {}))
-    search["space"] = {name: {"choice": [yaml.safe_load(value)]} for name, value in sorted(params.items())}
+    searched = set(search.get("space", {}))
+    search["space"] = {name: {"choice": [yaml.safe_load(value)]} for name, value in sorted(params.items())
+                       if name in searched}
     search["sampler"] = "grid"
     search["num_trials"] = 1  # the grid has one point
     search["early_stopping"] = {**search.get("early_stopping", {}), "scheduler": "none"}

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
 from trainables.adapters import ADAPTERS
+from trainables.adapters.base import scaling_exponent
 from trainables.checkpoint import (
     STATE_FILE,
     Resumed,
@@ -136,6 +137,10 @@ def train(config: dict[str, Any], session: Session) -> None:
                 loop_started_at=loop_started_at,
                 setup_s=setup_s,
                 eval_s=eval_s,
+                # what the variant applies, whatever was sampled: RoRA and GoRA scale by
+                # alpha/sqrt(r) and LoRA+ raises B's learning rate without saying so in the config
+                scaling_exponent=scaling_exponent(adapter.scaling()),
+                effective_loraplus_ratio=adapter.loraplus_ratio(),
             )
             if resumed.step:
                 metrics["resumed_from_step"] = resumed.step

@@ -79,6 +79,17 @@ def test_search_end_to_end_records_every_trial_in_mlflow(tmp_path, tiny_model_di
     assert board.exit_code == 0, board.output
     assert "Pareto front" in board.output
 
+    # report: one page from this search's MLflow runs and Optuna journal, logged on its parent run
+    reported = CliRunner().invoke(app, ["report", "itest", "--storage", str(tmp_path / "results"), "--mlflow-uri", uri])
+    assert reported.exit_code == 0, reported.output
+    page = (tmp_path / "results" / "itest" / "report.html").read_text()
+    assert page.count('class="plotly-graph-div"') >= 4 and "fANOVA" in page  # front, curves, importance
+    assert all(r.data.tags["raysearch.trial_id"] in page for r in children)  # each trial in the leaderboard
+    assert "report.html" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {r.data.params["scaling_rule"] for r in children} <= {"alpha/r", "alpha/sqrt(r)"}
+    assert all(r.data.params["scaling_rule"] == ("alpha/sqrt(r)" if r.data.params["scaling"] == "rora" else "alpha/r")
+               for r in children)
+
     # export: the best trial's adapter loads with plain peft; its experiment file retrains it
     out = tmp_path / "export"
     exported = CliRunner().invoke(app, ["export", "itest", str(out), "--best", "--mlflow-uri", uri])
@@ -86,7 +97,8 @@ def test_search_end_to_end_records_every_trial_in_mlflow(tmp_path, tiny_model_di
     best = min(completed, key=lambda r: (-r.data.metrics["val_accuracy"], r.data.metrics["adapter_params"]))
     retrain = load_spec(out / "experiment.yaml")
     sampled = {name: dim.choice[0] for name, dim in retrain.search.space.items()}
-    assert sampled == {k: number(v) for k, v in best.data.params.items()}
+    assert sampled == {k: number(v) for k, v in best.data.params.items() if k in retrain.search.space}
+    assert set(sampled) == {"variant", "rank", "scaling", "lr"}
     assert retrain.search.sampler == "grid" and retrain.search.num_trials == 1
     base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     model = PeftModel.from_pretrained(base, out / "adapter")

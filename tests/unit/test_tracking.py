@@ -346,3 +346,24 @@ def test_a_trial_restarted_from_the_start_logs_each_step_once(callback: MlflowTr
     client = MlflowClient(tracking_uri=uri)
     run = _runs_by_trial(client, callback)["t0"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [10, 20, 30]
+
+
+def test_mlflow_opens_on_the_runs_and_names_them_apart(callback: MlflowTracking, uri: str) -> None:
+    trial = FakeTrial("t9", {"variant": "dora", "rank": 8})
+    callback.on_trial_start(0, [], trial)
+    client = MlflowClient(tracking_uri=uri)
+    # MLflow 3 shows an experiment of unknown kind as GenAI (traces); this one opens on its runs
+    assert client.get_experiment(callback.experiment_id).tags["mlflow.experimentKind"] == "finetuning"
+    assert _runs_by_trial(client, callback)["t9"].info.run_name == "dora r8 t9"
+    callback.search_config["adapter.variant"] = "lora"  # fixed by the experiment, not sampled
+    assert callback.run_name({"rank": 4}, "t1") == "lora r4 t1"
+
+
+@pytest.mark.parametrize(("exponent", "rule"), [(1.0, "alpha/r"), (0.5, "alpha/sqrt(r)"), (0.75, "alpha/r^0.75")])
+def test_every_run_records_the_scaling_its_variant_applied(callback: MlflowTracking, uri: str, exponent, rule) -> None:
+    trial = FakeTrial("t3", {"variant": "rora", "rank": 8})  # RoRA samples no `scaling`: it implies alpha/sqrt(r)
+    callback.on_trial_start(0, [], trial)
+    _report(callback, trial, [_result(10, 0.5, 100, scaling_exponent=exponent, effective_loraplus_ratio=16.0),
+                              _result(20, 0.6, 100, scaling_exponent=exponent, effective_loraplus_ratio=16.0)])
+    params = _runs_by_trial(MlflowClient(tracking_uri=uri), callback)["t3"].data.params
+    assert params["scaling_rule"] == rule and params["effective_loraplus_ratio"] == "16"
