@@ -31,7 +31,7 @@ from tiny_search import continuation_problems, write_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TRIALS, EVAL_EVERY, STEPS, KEEP = 6, 4, 96, 2  # 96 examples, batch 8: 12 steps an epoch
+TRIALS, EVAL_EVERY, STEPS, KEEP = 6, 4, 48, 2  # 96 examples, batch 8: 12 steps an epoch (STEPS a multiple)
 SEED, INTERVAL_S, KILL_PROBABILITY = 5, 2.0, 0.6
 KILLS_PER_TRIAL, MAX_FAILURES = 4, 8  # retries left for a lost node and a driver kill on top
 FINISHED = ("completed", "early_stopped")
