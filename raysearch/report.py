@@ -62,14 +62,16 @@ def pareto_figure(record: dict, mlflow_ui: str) -> go.Figure:
                "circle-open"),
               ("completed, dominated", lambda r: r["status"] == "completed" and not r["pareto"], "#9ecae1", "circle"),
               ("stopped early by ASHA", lambda r: r["status"] == "early_stopped" and not r["pareto"], "#ff7f0e", "x"),
-              ("Pareto front", lambda r: r["pareto"], "#1f77b4", "diamond")]
+              ("Pareto front (x: stopped early)", lambda r: r["pareto"], "#1f77b4", "diamond")]
     for label, keep, colour, symbol in groups:
         chosen = [r for r in rows if keep(r)]
         if not chosen:
             continue
+        front = label.startswith("Pareto")
+        symbols = [("x" if r["status"] == "early_stopped" else symbol) for r in chosen] if front else symbol
         figure.add_trace(go.Scatter(
             x=[r["metrics"][x_name] for r in chosen], y=[r["metrics"][y_name] for r in chosen], mode="markers",
-            name=label, marker={"color": colour, "symbol": symbol, "size": 12 if label == "Pareto front" else 9},
+            name=label, marker={"color": colour, "symbol": symbols, "size": 12 if front else 9},
             text=[_config_text(r) for r in chosen], hovertemplate="%{text}<extra></extra>",
             customdata=[run_url(mlflow_ui, record["experiment_id"], r["run_id"]) for r in chosen]))
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["metrics"][x_name])
@@ -155,7 +157,8 @@ def importance_figures(study: Any, objectives: dict[str, str], found: dict[str, 
 
 
 def rank_figures(record: dict) -> list[go.Figure]:
-    """The rank allocation of each adaptive variant's best trial (rows come best first)."""
+    """The rank allocation of each adaptive variant's best trial (rows come best first); a
+    variant whose allocation is the same rank in every module has nothing to show."""
     from raysearch.ranks import grid
 
     figures, seen = [], set()
@@ -164,6 +167,8 @@ def rank_figures(record: dict) -> list[go.Figure]:
         allocation = record["ranks"].get(row["trial_id"])
         if not allocation or variant in seen or row["status"] not in FINISHED:
             continue
+        if len(set(allocation.values())) < 2:
+            continue  # the same rank everywhere (LoRA, DoRA, ...): nothing was reallocated
         seen.add(variant)
         layers, kinds, values = grid(allocation)
         heat = go.Figure(go.Heatmap(z=values, x=kinds, y=[f"layer {layer}" for layer in layers], colorscale="Viridis",
@@ -172,6 +177,16 @@ def rank_figures(record: dict) -> list[go.Figure]:
                                  f"(total {int(sum(allocation.values()))})", height=200 + 28 * len(layers))
         figures.append(heat)
     return figures
+
+
+def _number(value: Any) -> Any:
+    """MLflow params are strings: a float-looking one becomes a float (shown to 4 digits)."""
+    if isinstance(value, str) and any(c in value for c in ".e") and not value.isalpha():
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def leaderboard_html(record: dict, mlflow_ui: str) -> str:
@@ -191,7 +206,7 @@ def leaderboard_html(record: dict, mlflow_ui: str) -> str:
             elif column == "Pareto":
                 cells.append("yes" if row["pareto"] else "")
             else:
-                value = row["params"].get(column, row["metrics"].get(column))
+                value = _number(row["params"].get(column, row["metrics"].get(column)))
                 cells.append(html.escape(f"{value:.4g}" if isinstance(value, float) else str(value if value is not None
                                                                                               else "-")))
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

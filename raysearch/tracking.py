@@ -718,6 +718,9 @@ def search_record(mlflow_uri: str, experiment_name: str, curve_metrics: Iterable
     experiment and parent run ids, objectives, the leaderboard rows, each trial's validation
     curves (`curve_metrics` and val_loss: trial id -> metric -> [(step, value)]) and the last
     rank allocation of trials whose variant reallocates ranks (trial id -> module -> rank)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
     client = MlflowClient(tracking_uri=mlflow_uri)
     rows = leaderboard(mlflow_uri, experiment_name)
     experiment = client.get_experiment_by_name(experiment_name)

@@ -28,7 +28,8 @@ def record() -> dict:
               for r in rows if r["status"] != "error"}
     curves["c"] = {"val_loss": [(4, 0.9)], "val_accuracy": [(4, 0.6)]}  # cut by ASHA after one evaluation
     ranks = {"d": {"encoder.layer.0.attention.query": 4, "encoder.layer.0.attention.value": 12,
-                   "encoder.layer.1.attention.query": 0, "encoder.layer.1.attention.value": 8}}
+                   "encoder.layer.1.attention.query": 0, "encoder.layer.1.attention.value": 8},
+             "a": {"encoder.layer.0.attention.query": 8, "encoder.layer.0.attention.value": 8}}  # LoRA: uniform
     return {"experiment_id": "7", "parent_run_id": "parent", "objectives": dict(OBJECTIVES), "rows": rows,
             "curves": curves, "ranks": ranks}
 
@@ -49,7 +50,7 @@ def study_where_rank_matters() -> optuna.Study:
 def test_the_front_is_drawn_apart_from_the_other_trials():
     figure = pareto_figure(record(), "http://127.0.0.1:5000")
     traces = {trace.name: trace for trace in figure.data if trace.name}
-    front = traces["Pareto front"]
+    front = traces["Pareto front (x: stopped early)"]
     assert sorted(front.x) == [1000, 2000] and sorted(front.y) == [0.8, 0.9]
     assert list(traces["stopped early by ASHA"].x) == [4000]
     assert list(traces["completed, dominated"].x) == [3000]
@@ -82,7 +83,7 @@ def test_too_few_trials_for_importance_say_so():
 
 
 def test_rank_heatmap_for_the_adaptive_variants_best_trial():
-    (figure,) = rank_figures(record())
+    (figure,) = rank_figures(record())  # not LoRA's: the same rank everywhere says nothing
     heat = figure.data[0]
     assert list(heat.x) == ["query", "value"] and list(heat.y) == ["layer 0", "layer 1"]
     assert heat.z.tolist() == [[4, 12], [0, 8]] and "adalora" in figure.layout.title.text
