@@ -228,8 +228,10 @@ def fit_problems(spec: Spec) -> list[Problem]:
         return problems  # the other checks assume the task fits
     if spec.task.type == "classification":
         problems += _label_count_problems(spec, config)
-    elif spec.task.prompt_template == "chat":
-        problems += _chat_template_problems(spec)
+    else:
+        problems += _eos_problems(spec, config)
+        if spec.task.prompt_template == "chat":
+            problems += _chat_template_problems(spec)
     problems += _gora_rank_problems(spec)
     return problems
 
@@ -293,6 +295,27 @@ def _data_label_count(spec: Spec) -> int | None:
         return num_labels(load_splits(spec.task.model_dump()))
     except Exception:  # noqa: BLE001 - unreadable data is reported by dataset_problems or the first trial
         return None
+
+
+def _eos_problems(spec: Spec, config: dict) -> list[Problem]:
+    """A causal-LM answer ends with the tokenizer's EOS token (and padding falls back to it):
+    a local folder must name one in config.json or its tokenizer files."""
+    path = _model_path(spec)
+    if path is None or path in _IN_MEMORY_CONFIGS or spec.model == "builtin:smollm2" or config.get("eos_token_id") is not None:
+        return []
+    from trainables.models import resolve_model_path
+
+    folder = Path(resolve_model_path(path)).expanduser()
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("eos_token") or data.get("eos_token_id") is not None:
+            return []
+    return [Problem("model", spec.model, "its tokenizer names no EOS token (config.json, tokenizer_config.json, "
+                    "special_tokens_map.json): a causal-LM answer could never end. Give a model folder whose "
+                    "tokenizer has one")]
 
 
 def _chat_template_problems(spec: Spec) -> list[Problem]:

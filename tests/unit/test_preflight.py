@@ -253,7 +253,7 @@ def test_a_trained_head_with_another_label_count_is_caught(tmp_path):
     assert fit_problems(spec(2)) == []
 
 
-def test_a_chat_prompt_needs_a_chat_template(tmp_path):
+def test_a_chat_prompt_needs_a_chat_template_and_an_answer_an_eos(tmp_path):
     from raysearch.preflight import fit_problems
 
     (problem,) = fit_problems(_causal("builtin:tiny-llama", tmp_path, prompt_template="chat"))
@@ -266,6 +266,9 @@ def test_a_chat_prompt_needs_a_chat_template(tmp_path):
     assert fit_problems(_causal(str(folder), tmp_path, prompt_template="alpaca")) == []
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "chat_template": "{{ x }}"}))
     assert fit_problems(_causal(str(folder), tmp_path, prompt_template="chat")) == []
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}"}))  # no EOS anywhere
+    (problem,) = fit_problems(_causal(str(folder), tmp_path, prompt_template="chat"))
+    assert problem.path == "model" and "no EOS token" in problem.message
 
 
 def test_gora_rank_cap_above_the_targeted_layers_is_caught(tmp_path):
