@@ -31,8 +31,8 @@ from tiny_search import continuation_problems, write_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TRIALS, EVAL_EVERY, STEPS, KEEP = 6, 4, 48, 2  # 96 examples, batch 8: 12 steps an epoch (STEPS a multiple)
-SEED, INTERVAL_S, KILL_PROBABILITY = 5, 2.0, 0.6
+TRIALS, EVAL_EVERY, STEPS, KEEP = 6, 4, 72, 2  # 96 examples, batch 8: 12 steps an epoch (STEPS a multiple)
+SEED, INTERVAL_S, KILL_PROBABILITY = 5, 1.5, 0.8
 KILLS_PER_TRIAL, MAX_FAILURES = 4, 8  # retries left for a lost node and a driver kill on top
 FINISHED = ("completed", "early_stopped")
 
@@ -81,8 +81,13 @@ class Chaos(threading.Thread):
             try:
                 if self.rng.random() < KILL_PROBABILITY:
                     killed = [trial for trial, _, _ in self.kills]
+                    steps = last_steps(self.uri)
+                    # only a trial that has reported since it was last (re)started: killed while
+                    # Tune starts it, Ray 2.60 can count the one death twice and end the trial as
+                    # an error with retries left (docs/faults.md)
                     running = sorted((pid, trial) for pid, trial in trial_processes().items()
-                                     if killed.count(trial) < KILLS_PER_TRIAL)
+                                     if killed.count(trial) < KILLS_PER_TRIAL
+                                     and steps.get(trial, 0) > max((s for t, s, _ in self.kills if t == trial), default=0))
                     if running:
                         pid, trial_id = self.rng.choice(running)
                         os.kill(pid, signal.SIGKILL)
@@ -180,7 +185,9 @@ def test_chaos_on_a_multi_node_cluster(tmp_path, tiny_model_dir, monkeypatch):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         resumed_at = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")}
         at_kills = [step for killed, step in stopped if killed == trial_id] + [driver_kill[1].get(trial_id, 0)]
-        problems = continuation_problems(steps, resumed_at, at_kills, EVAL_EVERY, STEPS)
+        # the killer reads a trial's last logged step right after its kill: one report the
+        # process had sent may be logged after that
+        problems = continuation_problems(steps, resumed_at, at_kills, EVAL_EVERY, STEPS, in_flight=1)
         assert not problems, (trial_id, problems, at_kills)
         retries += len(set(resumed_at.values()))
 

@@ -43,13 +43,15 @@ def checkpoint_step(checkpoint_dir: str, eval_every: int) -> int:
 
 
 def continuation_problems(steps: list[int], resumed: dict[int, float], steps_at_kills: list[int],
-                          eval_every: int, total: int) -> list[str]:
+                          eval_every: int, total: int, in_flight: int = 0) -> list[str]:
     """What is wrong with one trial's record after kills: `steps`, the steps its run logged
     (val_loss); `resumed`, step -> `resumed_from_step` logged there; `steps_at_kills`, its run's
     last logged step at each kill that stopped it. Each step must be logged once, in order, up to
     the last; after a kill at step s (once it had a checkpoint), the next step logged must say
     the trial continued from the checkpoint the driver had registered: s, or s - eval_every when
-    the kill fell between a report and its checkpoint."""
+    the kill fell between a report and its checkpoint. `in_flight`: reports the killed process
+    had already sent when its last logged step was read (the driver logs them after), which
+    may come before the first one of the restarted process."""
     problems = []
     if steps != list(range(eval_every, total + 1, eval_every)):
         problems.append(f"steps logged {steps}, not each once up to {total}")
@@ -57,8 +59,9 @@ def continuation_problems(steps: list[int], resumed: dict[int, float], steps_at_
         later = [step for step in steps if step > last]
         if last < 2 * eval_every or not later:
             continue  # no checkpoint to continue from yet, or it had finished
-        if later[0] not in resumed:
+        first = next((step for step in later[: in_flight + 1] if step in resumed), None)
+        if first is None:
             problems.append(f"started again from step 0 after a kill at step {last}")
-        elif not last - eval_every <= resumed[later[0]] <= later[0] - eval_every:
-            problems.append(f"after a kill at step {last}, continued from step {resumed[later[0]]:g}")
+        elif not last - eval_every <= resumed[first] <= first - eval_every:
+            problems.append(f"after a kill at step {last}, continued from step {resumed[first]:g}")
     return problems
