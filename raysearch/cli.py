@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raysearch.redaction import redact
+from raysearch.redaction import is_redacted, redact
 from raysearch.spec import DEFAULT_STORAGE, SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search LoRA-family adapter configurations.")
@@ -162,7 +162,7 @@ def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_e
     tracking = data.setdefault("tracking", {})
     if mlflow_uri:
         tracking["mlflow_uri"] = mlflow_uri
-    if "***" in str(tracking.get("mlflow_uri", "")):
+    if is_redacted(tracking.get("mlflow_uri", "")):
         fail("resume: the search's MLflow URI was saved without its credentials; pass --mlflow-uri.")
     try:
         spec = spec_from_dict(data, source_name=name)

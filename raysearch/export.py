@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from raysearch.redaction import is_redacted
 from raysearch.spec import Spec, spec_from_dict
 
 
@@ -39,7 +40,7 @@ def retrain_experiment(experiment: dict[str, Any], params: dict[str, str], trial
     data["search"] = search
     data["name"] = f"{experiment.get('name', 'search')}-{trial_id[:12]}"
     tracking = dict(data.get("tracking", {}))
-    if "***" in str(tracking.get("mlflow_uri", "")):  # redacted credentials: let the user supply them
+    if is_redacted(tracking.get("mlflow_uri", "")):  # redacted credentials: let the user supply them
         tracking.pop("mlflow_uri")
     data["tracking"] = tracking
     return data

@@ -15,6 +15,11 @@ def redact(value: str) -> str:
     return _CREDENTIALS.sub(lambda m: m.group("scheme") + MASK + "@", value)
 
 
+def is_redacted(value: object) -> bool:
+    """Whether `value` (e.g. a saved MLflow URI) had its credentials masked by `redact`."""
+    return MASK in str(value)
+
+
 def names_a_secret(key: str) -> bool:
     """Whether a (flattened) parameter name looks like it holds a secret."""
     return bool(_SECRET_KEY.search(key))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from raysearch import tuner
 from raysearch.cli import app
-from raysearch.redaction import loggable, redact
+from raysearch.redaction import is_redacted, loggable, redact
 from raysearch.spec import spec_from_dict
 from raysearch.tracking import _params
 from raysearch.tuner import base_config
@@ -81,6 +81,7 @@ def test_credentials_are_redacted_and_secret_names_masked():
     assert redact("mlflow at postgresql://bob:s3cr3t@db/mlflow, then s3://bucket/x") == (
         "mlflow at postgresql://***@db/mlflow, then s3://bucket/x")
     assert redact("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert is_redacted(redact("https://user:pw@host:5000/x")) and not is_redacted("sqlite:///mlflow.db")
     assert loggable("task.hf_token", "hf_abc") == "***"
     assert loggable("tracking.mlflow_uri", "https://a:b@h") == "https://***@h"
     params = _params({"tracking": {"mlflow_uri": "https://a:b@h"}, "api_key": "k", "train": {"lr": 0.1}})
