@@ -148,8 +148,7 @@ def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_e
     from raysearch.preflight import machine_problems
     from raysearch.spec import spec_from_dict
 
-    location = (storages.join(storage_root, name) if "://" in storage_root
-                else str(Path(storage_root).expanduser().resolve() / name))
+    location = search_folder(name, storage_root)
     try:
         text = storages.read_text(location, storages.EXPERIMENT_FILE)
     except OSError as err:

@@ -31,6 +31,7 @@ from ray.tune.experiment import Trial
 from ray.tune.search import SearchGenerator
 
 from raysearch import storage
+from raysearch.tuner import tune_path
 
 LEDGER_DIR = "ledger"
 TERMINATED, ERROR = "TERMINATED", "ERROR"
@@ -61,14 +62,18 @@ def write_record(storage_dir: str, record: dict[str, Any]) -> None:
     os.replace(temporary, folder / name)
 
 
+def read_record(storage_dir: str, trial_id: str) -> dict[str, Any] | None:
+    """One trial's latest record, or None."""
+    text = storage.read_text(ledger_location(storage_dir), f"{trial_id}.json")
+    return json.loads(text) if text else None
+
+
 def read_records(storage_dir: str) -> dict[str, dict[str, Any]]:
     """Trial id -> its latest record."""
-    location = ledger_location(storage_dir)
     records = {}
-    for name in storage.list_names(location, suffix=".json"):
-        text = storage.read_text(location, name)
-        if text:
-            record = json.loads(text)
+    for name in storage.list_names(ledger_location(storage_dir), suffix=".json"):
+        record = read_record(storage_dir, name.removesuffix(".json"))
+        if record:
             records[record["trial_id"]] = record
     return records
 
@@ -129,7 +134,7 @@ class RecordingSearchGenerator(SearchGenerator):
         if trial is not None:
             record_trial(self.storage_dir, trial, ended=ended, result=result)
         else:  # restored from the ledger and ended before it started again: keep its state
-            record = read_records(self.storage_dir).get(str(trial_id))
+            record = read_record(self.storage_dir, str(trial_id))
             if record is not None:
                 write_record(self.storage_dir, {**record, "ended": ended, "result": result})
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -153,8 +158,8 @@ class RecordingSearchGenerator(SearchGenerator):
 
 
 def newest_experiment_state(storage_dir: str) -> str | None:
-    """The name of Tune's newest saved experiment state in `<storage>/tune`, or None."""
-    names = [name for name in storage.list_names(storage.join(str(storage_dir), "tune"), suffix=".json")
+    """The name of Tune's newest saved experiment state in the search's Tune folder, or None."""
+    names = [name for name in storage.list_names(tune_path(storage_dir), suffix=".json")
              if name.startswith("experiment_state-")]
     return names[-1] if names else None
 
@@ -188,7 +193,7 @@ def reconcile(storage_dir: str) -> dict[str, list[str]]:
     name = newest_experiment_state(storage_dir)
     if not records or name is None:
         return changes
-    location = storage.join(str(storage_dir), "tune")
+    location = tune_path(storage_dir)
     state = json.loads(storage.read_text(location, name))
     saved = {json.loads(entry[0])["trial_id"]: list(entry) for entry in state["trial_data"]}
     for trial_id, record in sorted(records.items()):

@@ -292,10 +292,3 @@ def load_study(storage_dir: str, name: str) -> Any | None:
         journal.write_text(text)
     backend = optuna.storages.journal.JournalFileBackend(str(journal))
     return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
-
-
-def describe(found: dict[str, dict[str, float]]) -> str:
-    """A line per objective: its parameters by importance (for the terminal)."""
-    return "\n".join(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scores.items(), key=lambda i: -i[1]))
-                     for name, scores in found.items())
-

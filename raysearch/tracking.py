@@ -622,16 +622,8 @@ def _write_html(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> 
 # --------------------------------------------------------------------------- for the CLI
 
 
-def leaderboard(
-    mlflow_uri: str, experiment_name: str, *, pareto_only: bool = False, top: int | None = None
-) -> list[dict]:
-    """Ranked rows for the child runs of the most recent search in `experiment_name`.
-
-    Sorted by the search's first objective (best first), ties by fewer
-    adapter_params. Each row: trial_id, run_id, run_name, status, pareto, the
-    objectives, "params" and "metrics" (latest values).
-    """
-    client = MlflowClient(tracking_uri=mlflow_uri)
+def _latest_search_run(client: MlflowClient, mlflow_uri: str, experiment_name: str) -> tuple[Any, Any]:
+    """(experiment, parent run) of the most recent search named `experiment_name`."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise ValueError(f"no MLflow experiment named {experiment_name!r} at {redact(mlflow_uri)}")
@@ -643,12 +635,29 @@ def leaderboard(
     )
     if not parents:
         raise ValueError(f"experiment {experiment_name!r} has no raysearch search run yet")
-    objectives = _objectives_of(parents[0])
-    rows = _rows(_children(client, experiment.experiment_id, parents[0].info.run_id), objectives)
-    rows = _sort_rows(rows, objectives)
+    return experiment, parents[0]
+
+
+def leaderboard(
+    mlflow_uri: str, experiment_name: str, *, pareto_only: bool = False, top: int | None = None
+) -> list[dict]:
+    """Ranked rows for the child runs of the most recent search in `experiment_name`.
+
+    Sorted by the search's first objective (best first), ties by fewer
+    adapter_params. Each row: trial_id, run_id, run_name, status, pareto, the
+    objectives, "params" and "metrics" (latest values).
+    """
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    experiment, parent = _latest_search_run(client, mlflow_uri, experiment_name)
+    rows = _ranked_rows(client, experiment.experiment_id, parent)
     if pareto_only:
         rows = [r for r in rows if r["pareto"]]
     return rows[:top] if top is not None else rows
+
+
+def _ranked_rows(client: MlflowClient, experiment_id: str, parent: Any) -> list[dict]:
+    objectives = _objectives_of(parent)
+    return _sort_rows(_rows(_children(client, experiment_id, parent.info.run_id), objectives), objectives)
 
 
 def find_trial(mlflow_uri: str, experiment_name: str, trial: str | None = None) -> dict:
@@ -696,14 +705,7 @@ def latest_search(mlflow_uri: str, experiment_name: str) -> tuple[str, str]:
     import mlflow.artifacts
 
     client = MlflowClient(tracking_uri=mlflow_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise ValueError(f"no MLflow experiment named {experiment_name!r} at {redact(mlflow_uri)}")
-    parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.\"{TAG_ROLE}\" = 'search'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        raise ValueError(f"experiment {experiment_name!r} has no raysearch search run yet")
-    parent_id = parents[0].info.run_id
+    parent_id = _latest_search_run(client, mlflow_uri, experiment_name)[1].info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=EXPERIMENT_ARTIFACT,
@@ -713,21 +715,19 @@ def latest_search(mlflow_uri: str, experiment_name: str) -> tuple[str, str]:
         return parent_id, Path(path).read_text()
 
 
-def search_record(mlflow_uri: str, experiment_name: str, curve_metrics: Iterable[str] = ()) -> dict[str, Any]:
+def search_record(mlflow_uri: str, experiment_name: str) -> dict[str, Any]:
     """Everything `raysearch report` draws, from the latest search named `experiment_name`:
     experiment and parent run ids, objectives, the leaderboard rows, each trial's validation
-    curves (`curve_metrics` and val_loss: trial id -> metric -> [(step, value)]) and the last
-    rank allocation of trials whose variant reallocates ranks (trial id -> module -> rank)."""
+    curves (val_loss and the val_* objectives: trial id -> metric -> [(step, value)]) and the
+    last rank allocation each trial logged (trial id -> module -> rank)."""
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
     client = MlflowClient(tracking_uri=mlflow_uri)
-    rows = leaderboard(mlflow_uri, experiment_name)
-    experiment = client.get_experiment_by_name(experiment_name)
-    parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.\"{TAG_ROLE}\" = 'search'",
-                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    experiment, parent = _latest_search_run(client, mlflow_uri, experiment_name)
     objectives = _objectives_of(parent)
-    names = list(dict.fromkeys(["val_loss", *curve_metrics, *(k for k in objectives if k.startswith("val_"))]))
+    rows = _ranked_rows(client, experiment.experiment_id, parent)
+    names = list(dict.fromkeys(["val_loss", *(k for k in objectives if k.startswith("val_"))]))
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     ranks: dict[str, dict[str, int]] = {}
     for row in rows:
