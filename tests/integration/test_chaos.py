@@ -74,20 +74,23 @@ class Chaos(threading.Thread):
         self.uri, self.rng = uri, random.Random(seed)
         self.done = threading.Event()
         self.kills: list[tuple[str, int, int]] = []  # (trial id, its run's last logged step then, pid)
+        self.seen: dict[int, int] = {}  # pid -> its trial's last logged step when the pid was first seen
         self.errors: list[str] = []
 
     def run(self) -> None:
         while not self.done.wait(INTERVAL_S):
             try:
+                processes, steps = trial_processes(), last_steps(self.uri)
+                for pid, trial in processes.items():
+                    self.seen.setdefault(pid, steps.get(trial, 0))
                 if self.rng.random() < KILL_PROBABILITY:
                     killed = [trial for trial, _, _ in self.kills]
-                    steps = last_steps(self.uri)
-                    # only a trial that has reported since it was last (re)started: killed while
-                    # Tune starts it, Ray 2.60 can count the one death twice and end the trial as
-                    # an error with retries left (docs/faults.md)
-                    running = sorted((pid, trial) for pid, trial in trial_processes().items()
-                                     if killed.count(trial) < KILLS_PER_TRIAL
-                                     and steps.get(trial, 0) > max((s for t, s, _ in self.kills if t == trial), default=0))
+                    # only a process that has itself reported (its trial's logged step moved on
+                    # since the process was first seen: steps logged before a restart or a driver
+                    # kill do not count): killed while Tune starts it, Ray 2.60 can count the one
+                    # death twice and end the trial as an error with retries left (docs/faults.md)
+                    running = sorted((pid, trial) for pid, trial in processes.items()
+                                     if killed.count(trial) < KILLS_PER_TRIAL and steps.get(trial, 0) > self.seen[pid])
                     if running:
                         pid, trial_id = self.rng.choice(running)
                         os.kill(pid, signal.SIGKILL)
