@@ -248,7 +248,7 @@ def print_where(spec) -> None:
 @app.command()
 def leaderboard(
     name: str = typer.Argument(..., help="Search name"),
-    pareto: bool = typer.Option(False, "--pareto", help="Only the Pareto front"),
+    pareto: bool = typer.Option(False, "--pareto", help="Only the Pareto front (trials that ran to the end)"),
     top: Optional[int] = typer.Option(None, "--top", help="Show the best N"),
     mlflow_uri: str = typer.Option("sqlite:///mlflow.db", "--mlflow-uri"),
 ) -> None:
@@ -409,7 +409,9 @@ def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | No
     # Sampled params win over metrics of the same name (the metric `lr` is the schedule's value).
     rows = [{**row["metrics"], **{k: number(v) for k, v in row["params"].items()},
              **{k: v for k, v in row.items() if k not in ("params", "metrics")}} for row in nested]
-    table = Table(title=f"{name}: {'Pareto front' if pareto else 'leaderboard'} ({len(rows)} trials)")
+    # The `pareto` flag comes from tracking._rows: only trials that ran to the end are on the front.
+    title = "Pareto front (finished trials)" if pareto else "leaderboard"
+    table = Table(title=f"{name}: {title} ({len(rows)} trials)")
     metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
     columns = [c for c in ("trial_id", "variant", "rank", "alpha", "scaling_rule", "lr", *metrics,
                            "val_loss", "adapter_params", "status", "pareto")

@@ -81,15 +81,16 @@ class LiveProgress(tune.Callback):
 
     def render(self) -> Table:
         counts = {s: list(self.status.values()).count(s) for s in ("running", "completed", "early_stopped", "diverged", "error")}
-        finished = pareto_table(
-            [r for tid, r in self.last.items() if self.status.get(tid) in ("completed", "early_stopped")],
-            self.objectives,
-        )
+        # Best and front over the trials that ran to the end only: a trial stopped early by the scheduler
+        # reported a partial-training value, which must not head the table nor join the front.
+        completed = pareto_table([r for tid, r in self.last.items() if self.status.get(tid) == "completed"],
+                                 self.objectives)
         first, sense = next(iter(self.objectives.items()))
-        best = (max if sense == "max" else min)((r[first] for r in finished), default=None)
-        front = sum(r["pareto"] for r in finished)
+        best = (max if sense == "max" else min)((r[first] for r in completed), default=None)
+        front = sum(r["pareto"] for r in completed)
         table = Table(title="raysearch", show_header=True)
-        for col in ("trials", "running", "completed", "stopped early", "diverged", "error", f"best {first}", "Pareto size"):
+        for col in ("trials", "running", "completed", "stopped early", "diverged", "error", f"best {first} (completed)",
+                    "Pareto size"):
             table.add_column(col, justify="right")
         table.add_row(
             f"{len(self.status)}/{self.num_trials}", str(counts["running"]), str(counts["completed"]),

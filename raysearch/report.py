@@ -1,8 +1,9 @@
 """`raysearch report NAME`: one self-contained HTML page of a search (plotly, offline).
 
 The page holds, from the search's MLflow runs and its Optuna journal: the Pareto front of
-finished trials (the rest greyed; a click opens the trial's MLflow run), every trial's
-validation curves coloured by how it ended (ASHA's cuts show as curves that stop), which
+the trials that ran to the end (trials stopped early by the scheduler drawn apart, never on
+it; a click opens the trial's MLflow run), every trial's validation curves coloured by how
+it ended (the scheduler's cuts show as curves that stop), which
 hyperparameters mattered for each objective and the marginal effect of the top two, where
 the adaptive variants' best trials put their ranks, and the leaderboard.
 
@@ -23,7 +24,7 @@ from plotly.subplots import make_subplots
 
 STATUS_COLOURS = {"completed": "#1f77b4", "early_stopped": "#ff7f0e", "diverged": "#9467bd", "error": "#d62728",
                   "interrupted": "#7f7f7f", "running": "#7f7f7f"}
-FINISHED = ("completed", "early_stopped")
+FINISHED = ("completed", "early_stopped")  # ended without failing (the rank heatmaps draw these)
 MIN_TRIALS_FOR_IMPORTANCE = 3
 CONFIG_KEYS = ("variant", "rank", "alpha", "scaling", "scaling_rule", "lr", "loraplus_ratio", "target_modules")
 
@@ -58,23 +59,29 @@ def pareto_figure(record: dict, mlflow_ui: str) -> go.Figure:
     x_name, y_name = pareto_axes(record["objectives"])
     figure = go.Figure()
     rows = [r for r in record["rows"] if r["metrics"].get(x_name) is not None and r["metrics"].get(y_name) is not None]
+
+    # The front holds only trials that ran to the end: a trial stopped early by the scheduler shows its values
+    # at its last evaluation (partial training), with its own marker, and is never on the front.
+    def on_front(r: dict) -> bool:
+        return r["status"] == "completed" and bool(r["pareto"])
+
     groups = [("not finished (error, diverged, interrupted)", lambda r: r["status"] not in FINISHED, "#c7c7c7",
                "circle-open"),
-              ("completed, dominated", lambda r: r["status"] == "completed" and not r["pareto"], "#9ecae1", "circle"),
-              ("stopped early by ASHA", lambda r: r["status"] == "early_stopped" and not r["pareto"], "#ff7f0e", "x"),
-              ("Pareto front (x: stopped early)", lambda r: r["pareto"], "#1f77b4", "diamond")]
+              ("finished, dominated", lambda r: r["status"] == "completed" and not r["pareto"], "#9ecae1", "circle"),
+              ("stopped early (partial training)", lambda r: r["status"] in FINISHED and r["status"] != "completed",
+               "#ff7f0e", "x"),
+              ("Pareto front (finished)", on_front, "#1f77b4", "diamond")]
     for label, keep, colour, symbol in groups:
         chosen = [r for r in rows if keep(r)]
         if not chosen:
             continue
-        front = label.startswith("Pareto")
-        symbols = [("x" if r["status"] == "early_stopped" else symbol) for r in chosen] if front else symbol
+        front = keep is on_front
         figure.add_trace(go.Scatter(
             x=[r["metrics"][x_name] for r in chosen], y=[r["metrics"][y_name] for r in chosen], mode="markers",
-            name=label, marker={"color": colour, "symbol": symbols, "size": 12 if front else 9},
+            name=label, marker={"color": colour, "symbol": symbol, "size": 12 if front else 9},
             text=[_config_text(r) for r in chosen], hovertemplate="%{text}<extra></extra>",
             customdata=[run_url(mlflow_ui, record["experiment_id"], r["run_id"]) for r in chosen]))
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["metrics"][x_name])
+    front = sorted((r for r in rows if on_front(r)), key=lambda r: r["metrics"][x_name])
     if len(front) > 1:
         figure.add_trace(go.Scatter(x=[r["metrics"][x_name] for r in front], y=[r["metrics"][y_name] for r in front],
                                     mode="lines", line={"color": "#1f77b4", "dash": "dot"}, hoverinfo="skip",

@@ -47,7 +47,10 @@ TAG_SEARCH_ID = "raysearch.search_id"  # on the parent run: how a resumed search
 TAG_REASON = "raysearch.reason"  # why a run was closed by raysearch rather than by its trial
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"  # MLflow 3's UI reads it
 
-FINISHED_STATUSES = ("completed", "early_stopped")  # trials that count for the Pareto front
+FINISHED_STATUSES = ("completed", "early_stopped")  # ended without failing: listed in pareto.csv and the plots
+# Only trials that ran to the end make the Pareto front: a stopped trial's numbers are its last evaluation before
+# the scheduler cut it (a partial-training estimate), so it may neither join the front nor push a finished trial off.
+FRONT_STATUSES = ("completed",)
 EXPERIMENT_ARTIFACT = "experiment.yaml"  # on the parent run: the validated experiment file
 DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 _PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch", "resumed_from_step", "eval_s")
@@ -140,7 +143,8 @@ def _objectives_of(parent_run: Any) -> dict[str, str]:
 
 
 def _rows(runs: list, objectives: Mapping[str, str]) -> list[dict]:
-    """One row per child run, with a Pareto flag computed over the finished trials.
+    """One row per child run, with a Pareto flag computed over the trials that ran to the end
+    (FRONT_STATUSES); stopped trials keep their last values but are never on the front.
 
     Row keys: trial_id, run_id, run_name, status, pareto, the objectives at top
     level, and the full "params" and latest "metrics" dicts.
@@ -159,8 +163,8 @@ def _rows(runs: list, objectives: Mapping[str, str]) -> list[dict]:
             "metrics": metrics,
         }
         rows.append(row)
-    finished = [r for r in rows if r["status"] in FINISHED_STATUSES]
-    front = {r["run_id"] for r in pareto_table(finished, dict(objectives)) if r["pareto"]}
+    completed = [r for r in rows if r["status"] in FRONT_STATUSES]
+    front = {r["run_id"] for r in pareto_table(completed, dict(objectives)) if r["pareto"]}
     for row in rows:
         row["pareto"] = row["run_id"] in front
     return rows
@@ -493,7 +497,9 @@ class MlflowTracking(Callback):
             _write_html(Path(out, "pareto.html"), finished, self.objectives)
             self._client.log_artifacts(parent, out)
         first, sense = next(iter(self.objectives.items()))
-        values = [r[first] for r in finished if r[first] is not None and _finite(r[first])]
+        # best_* as for the front: a stopped trial's partial-training value is no result of the search
+        values = [r[first] for r in finished
+                  if r["status"] in FRONT_STATUSES and r[first] is not None and _finite(r[first])]
         metrics = {"n_trials": float(len(rows)), "pareto_size": float(sum(r["pareto"] for r in rows))}
         if values:
             metrics[f"best_{first}"] = float(max(values) if sense == "max" else min(values))
@@ -566,6 +572,21 @@ def _plottable(rows: list[dict], x: str, y: str) -> list[dict]:
     return points
 
 
+PLOT_FINISHED, PLOT_STOPPED, PLOT_FRONT = "finished trials", "stopped early (partial training)", "Pareto front"
+
+
+def _plot_groups(points: list[dict]) -> dict[str, list[dict]]:
+    """The plotted points by legend entry, each sorted by x. Stopped trials get their own marker: their
+    values are from the last evaluation before the scheduler stopped them, and they are never on the front."""
+    finished = [p for p in points if p["status"] in FRONT_STATUSES]
+    groups = {
+        PLOT_FINISHED: [p for p in finished if not p["pareto"]],
+        PLOT_STOPPED: [p for p in points if p["status"] in FINISHED_STATUSES and p["status"] not in FRONT_STATUSES],
+        PLOT_FRONT: [p for p in finished if p["pareto"]],
+    }
+    return {label: sorted(group, key=lambda p: p["_x"]) for label, group in groups.items()}
+
+
 def _write_png(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
     import matplotlib
 
@@ -574,17 +595,25 @@ def _write_png(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> N
 
     x, y = _plot_axes(objectives)
     points = _plottable(rows, x, y)
-    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["_x"])
+    groups = _plot_groups(points)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    others = [p for p in points if not p["pareto"]]
-    ax.scatter([p["_x"] for p in others], [p["_y"] for p in others], c="tab:gray", alpha=0.6, label="trials")
-    ax.plot([p["_x"] for p in front], [p["_y"] for p in front], "o-", c="tab:red", label="Pareto front")
+    styles = {PLOT_FINISHED: {"c": "tab:gray", "marker": "o", "alpha": 0.6},
+              PLOT_STOPPED: {"c": "tab:orange", "marker": "x", "alpha": 0.8}}
+    for label, style in styles.items():
+        if groups[label]:
+            ax.scatter([p["_x"] for p in groups[label]], [p["_y"] for p in groups[label]], label=label, **style)
+    front = groups[PLOT_FRONT]
+    if front:
+        ax.plot([p["_x"] for p in front], [p["_y"] for p in front], "o-", c="tab:red", label=PLOT_FRONT)
     if points and all(p["_x"] > 0 for p in points):
         ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(f"{y} vs {x} ({len(points)} finished trials, {len(front)} on the front)")
-    ax.legend()
+    n_finished = len(groups[PLOT_FINISHED]) + len(front)
+    ax.set_title(f"{y} vs {x} ({n_finished} finished trials, {len(front)} on the front; "
+                 f"{len(groups[PLOT_STOPPED])} stopped early)", fontsize=10)
+    if points:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -596,8 +625,12 @@ def _write_html(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> 
     x, y = _plot_axes(objectives)
     points = _plottable(rows, x, y)
     fig = go.Figure()
-    for on_front, name, color in ((False, "trials", "gray"), (True, "Pareto front", "crimson")):
-        group = sorted((p for p in points if p["pareto"] == on_front), key=lambda p: p["_x"])
+    styles = {PLOT_FINISHED: ("gray", "circle"), PLOT_STOPPED: ("darkorange", "x"), PLOT_FRONT: ("crimson", "circle")}
+    for name, group in _plot_groups(points).items():
+        if not group:
+            continue
+        color, symbol = styles[name]
+        on_front = name == PLOT_FRONT
         hover = [
             "<br>".join([f"trial {p['trial_id']} ({p['status']})"] + [f"{k}={v}" for k, v in sorted(p["params"].items())])
             for p in group
@@ -608,7 +641,7 @@ def _write_html(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> 
                 y=[p["_y"] for p in group],
                 mode="lines+markers" if on_front else "markers",
                 name=name,
-                marker={"color": color, "size": 9},
+                marker={"color": color, "size": 9, "symbol": symbol},
                 text=hover,
                 hovertemplate="%{text}<extra></extra>",
             )

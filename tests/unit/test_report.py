@@ -26,7 +26,7 @@ def record() -> dict:
             row("e", "error", None, 1000, False)]
     curves = {r["trial_id"]: {"val_loss": [(4, 0.7), (8, 0.6)], "val_accuracy": [(4, 0.5), (8, r["val_accuracy"] or 0)]}
               for r in rows if r["status"] != "error"}
-    curves["c"] = {"val_loss": [(4, 0.9)], "val_accuracy": [(4, 0.6)]}  # cut by ASHA after one evaluation
+    curves["c"] = {"val_loss": [(4, 0.9)], "val_accuracy": [(4, 0.6)]}  # cut by the scheduler after one evaluation
     ranks = {"d": {"encoder.layer.0.attention.query": 4, "encoder.layer.0.attention.value": 12,
                    "encoder.layer.1.attention.query": 0, "encoder.layer.1.attention.value": 8},
              "a": {"encoder.layer.0.attention.query": 8, "encoder.layer.0.attention.value": 8}}  # LoRA: uniform
@@ -50,14 +50,29 @@ def study_where_rank_matters() -> optuna.Study:
 def test_the_front_is_drawn_apart_from_the_other_trials():
     figure = pareto_figure(record(), "http://127.0.0.1:5000")
     traces = {trace.name: trace for trace in figure.data if trace.name}
-    front = traces["Pareto front (x: stopped early)"]
+    front = traces["Pareto front (finished)"]
     assert sorted(front.x) == [1000, 2000] and sorted(front.y) == [0.8, 0.9]
-    assert list(traces["stopped early by ASHA"].x) == [4000]
-    assert list(traces["completed, dominated"].x) == [3000]
+    assert list(traces["stopped early (partial training)"].x) == [4000]
+    assert list(traces["finished, dominated"].x) == [3000]
     texts = [text for trace in figure.data if trace.text for text in trace.text]
     assert not any(text.startswith("trial e ") for text in texts)  # an errored trial has no objective: no point
     for text, url in zip(front.text, front.customdata):  # a click opens the point's own MLflow run
         assert url == run_url("http://127.0.0.1:5000", "7", "run-" + text.split()[1])
+
+
+def test_a_stopped_trial_is_drawn_apart_and_never_on_the_front():
+    """Issue 18: a trial stopped early by the scheduler that beats every completed one (its partial-training
+    values) is drawn with its own marker; the front and its line are the completed trials', decided by status
+    even where a row's pareto flag says otherwise."""
+    data = record()
+    data["rows"].append(row("s", "early_stopped", 0.95, 500, True))  # flagged as the old rule did
+    figure = pareto_figure(data, "http://127.0.0.1:5000")
+    traces = {trace.name: trace for trace in figure.data if trace.name}
+    stopped = traces["stopped early (partial training)"]
+    assert sorted(stopped.x) == [500, 4000] and stopped.marker.symbol == "x"
+    assert sorted(traces["Pareto front (finished)"].x) == [1000, 2000]
+    line = next(trace for trace in figure.data if trace.mode == "lines")
+    assert list(line.x) == [1000, 2000]
 
 
 def test_every_trial_has_curves_coloured_by_how_it_ended():

@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import Checkpoint
 
-from raysearch.tracking import MlflowTracking, leaderboard
+from raysearch.report import pareto_figure
+from raysearch.tracking import MlflowTracking, _plot_groups, _plottable, find_trial, leaderboard, search_record
 
 OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 EXPERIMENT = "unit-search"
@@ -133,7 +134,7 @@ def _run_search(cb: MlflowTracking, tmp_path: Path) -> dict[str, FakeTrial]:
     _report(cb, trials["t0"], [_result(10, 0.7, 1000), _result(20, 0.9, 1000, final=True)])
     trials["t0"].checkpoint = _adapter_checkpoint(tmp_path)
     cb.on_trial_complete(0, [], trials["t0"])
-    # t1 is stopped by ASHA after one evaluation; cheap, so still on the front.
+    # t1 is stopped by the scheduler after one evaluation: cheap, but never on the front (partial training).
     _report(cb, trials["t1"], [_result(10, 0.8, 200, train_loss=math.nan)])
     cb.on_trial_complete(0, [], trials["t1"])
     # t2 diverges: no validation metrics.
@@ -145,7 +146,7 @@ def _run_search(cb: MlflowTracking, tmp_path: Path) -> dict[str, FakeTrial]:
     trials["t3"].error_file = str(error_file)
     _report(cb, trials["t3"], [_result(10, 0.95, 10)])
     cb.on_trial_error(0, [], trials["t3"])
-    # t4 completes, as accurate as t1 with more parameters: dominated.
+    # t4 completes, less accurate than t0 with more parameters: dominated.
     _report(cb, trials["t4"], [_result(10, 0.8, 5000, final=True)])
     cb.on_trial_complete(0, [], trials["t4"])
 
@@ -155,6 +156,8 @@ def _run_search(cb: MlflowTracking, tmp_path: Path) -> dict[str, FakeTrial]:
 
 
 def test_search_is_mirrored_into_mlflow(finished: tuple[MlflowTracking, str, Path]) -> None:
+    """Statuses, params and metrics per trial; the front is made of completed trials only (t1, stopped
+    early, is off it though no completed trial dominates it)."""
     callback, uri, _ = finished
     client = MlflowClient(tracking_uri=uri)
     runs = _runs_by_trial(client, callback)
@@ -165,8 +168,8 @@ def test_search_is_mirrored_into_mlflow(finished: tuple[MlflowTracking, str, Pat
     mlflow_status = {t: r.info.status for t, r in runs.items()}
     assert mlflow_status == {"t0": "FINISHED", "t1": "FINISHED", "t2": "FAILED", "t3": "FAILED", "t4": "FINISHED"}
     pareto = {t: r.data.tags["raysearch.pareto"] for t, r in runs.items()}
-    # t3 has the best numbers but errored; t4 is dominated by t1.
-    assert pareto == {"t0": "true", "t1": "true", "t2": "false", "t3": "false", "t4": "false"}
+    # t3 has the best numbers but errored; t1 was stopped early; t4 is dominated by t0.
+    assert pareto == {"t0": "true", "t1": "false", "t2": "false", "t3": "false", "t4": "false"}
     assert runs["t3"].data.tags["raysearch.error"] == "RuntimeError: CUDA out of memory"
 
     assert runs["t1"].data.params == {"variant": "dora", "rank": "4", "lr": "0.002"}
@@ -188,7 +191,7 @@ def test_parent_run_has_front_artifacts_and_summary(
     parent = client.get_run(callback.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["raysearch.role"] == "search"
-    assert parent.data.metrics == {"best_val_accuracy": 0.9, "n_trials": 5.0, "pareto_size": 2.0}
+    assert parent.data.metrics == {"best_val_accuracy": 0.9, "n_trials": 5.0, "pareto_size": 1.0}
     assert "hunter2" not in str(parent.data.params)
     assert parent.data.params["tracking.mlflow_uri"] == "postgresql://***@db/mlflow"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"pareto.csv", "pareto.png", "pareto.html"}
@@ -197,7 +200,7 @@ def test_parent_run_has_front_artifacts_and_summary(
     rows = list(csv.DictReader(io.StringIO(Path(local).read_text())))
     assert [(r["trial_id"], r["status"], r["pareto"]) for r in rows] == [
         ("t0", "completed", "True"),
-        ("t1", "early_stopped", "True"),
+        ("t1", "early_stopped", "False"),  # listed with its last values, never on the front
         ("t4", "completed", "False"),
     ]
     assert rows[0]["variant"] == "lora" and rows[0]["rank"] == "8"
@@ -272,8 +275,56 @@ def test_leaderboard_sorted_and_pareto_filter(finished: tuple[MlflowTracking, st
     assert [r["trial_id"] for r in rows[:3]] == ["t0", "t1", "t4"]  # 0.8 tie broken by fewer params
     assert [r["trial_id"] for r in rows[3:]] == ["t3", "t2"]  # unfinished last, t3's 0.95 despite
     assert rows[0]["val_accuracy"] == 0.9 and rows[0]["params"]["variant"] == "lora"
-    assert [r["trial_id"] for r in leaderboard(uri, EXPERIMENT, pareto_only=True)] == ["t0", "t1"]
+    assert [r["trial_id"] for r in leaderboard(uri, EXPERIMENT, pareto_only=True)] == ["t0"]  # t1 stopped early
     assert len(leaderboard(uri, EXPERIMENT, top=2)) == 2
+
+
+def test_a_stopped_trial_never_makes_the_front_even_when_it_dominates(
+    callback: MlflowTracking, uri: str, tmp_path: Path
+) -> None:
+    """Issue 18: a trial stopped early by the scheduler has partial-training numbers. Here they beat every
+    completed trial (more accurate, fewer parameters), yet the front is the completed trials', which the
+    stopped one would otherwise dominate; pareto.csv, the plots, the report and `--best` agree."""
+    trials = {
+        "c1": FakeTrial("c1", {"variant": "lora", "rank": 16}),
+        "c2": FakeTrial("c2", {"variant": "lora", "rank": 8}),
+        "s": FakeTrial("s", {"variant": "dora", "rank": 1}),
+    }
+    for trial in trials.values():
+        callback.on_trial_start(0, [], trial)
+    _report(callback, trials["c1"], [_result(10, 0.7, 2000), _result(20, 0.85, 2000, final=True)])
+    callback.on_trial_complete(0, [], trials["c1"])
+    _report(callback, trials["c2"], [_result(10, 0.6, 1000), _result(20, 0.8, 1000, final=True)])
+    callback.on_trial_complete(0, [], trials["c2"])
+    _report(callback, trials["s"], [_result(10, 0.95, 100)])  # its last evaluation before the scheduler stopped it
+    callback.on_trial_complete(0, [], trials["s"])
+    callback.on_experiment_end(list(trials.values()))
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = _runs_by_trial(client, callback)
+    assert runs["s"].data.tags["raysearch.status"] == "early_stopped"
+    assert {t: r.data.tags["raysearch.pareto"] for t, r in runs.items()} == {"c1": "true", "c2": "true", "s": "false"}
+    assert {r["trial_id"] for r in leaderboard(uri, EXPERIMENT, pareto_only=True)} == {"c1", "c2"}
+    parent = client.get_run(callback.parent_run_id)
+    assert parent.data.metrics["pareto_size"] == 2.0 and parent.data.metrics["best_val_accuracy"] == 0.85
+
+    local = client.download_artifacts(parent.info.run_id, "pareto.csv", str(tmp_path))
+    rows = {r["trial_id"]: (r["status"], r["pareto"]) for r in csv.DictReader(io.StringIO(Path(local).read_text()))}
+    assert rows == {"c1": ("completed", "True"), "c2": ("completed", "True"), "s": ("early_stopped", "False")}
+
+    # pareto.png / pareto.html: the stopped trial has its own legend entry, the front line only finished points
+    groups = _plot_groups(_plottable(leaderboard(uri, EXPERIMENT), "adapter_params", "val_accuracy"))
+    assert {label: [p["trial_id"] for p in group] for label, group in groups.items()} == {
+        "finished trials": [], "stopped early (partial training)": ["s"], "Pareto front": ["c2", "c1"]}
+    html = Path(client.download_artifacts(parent.info.run_id, "pareto.html", str(tmp_path))).read_text()
+    assert '"name":"stopped early (partial training)"' in html and '"name":"Pareto front"' in html
+
+    figure = pareto_figure(search_record(uri, EXPERIMENT), "http://127.0.0.1:5000")
+    traces = {trace.name: trace for trace in figure.data if trace.name}
+    assert list(traces["stopped early (partial training)"].x) == [100]
+    assert traces["stopped early (partial training)"].marker.symbol == "x"
+    assert sorted(traces["Pareto front (finished)"].x) == [1000, 2000]
+    assert find_trial(uri, EXPERIMENT)["trial_id"] == "c1"  # export/evaluate --best: the best completed trial
 
 
 def test_leaderboard_unknown_experiment(uri: str) -> None:
