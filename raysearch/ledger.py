@@ -22,8 +22,6 @@ it ended, how (written before Optuna is told). On `raysearch resume`:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any
 
 from ray import tune
@@ -47,19 +45,7 @@ def ledger_location(storage_dir: str) -> str:
 
 def write_record(storage_dir: str, record: dict[str, Any]) -> None:
     """Replace one trial's record, atomically: a reader sees the old record or the new one."""
-    location, name = ledger_location(storage_dir), f"{record['trial_id']}.json"
-    text = json.dumps(record, default=_plain)
-    folder = storage.local_path(location)
-    if folder is None:  # an object store: a PUT replaces the object whole
-        storage.write_text(location, name, text)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, folder / name)
+    storage.replace_text(ledger_location(storage_dir), f"{record['trial_id']}.json", json.dumps(record, default=_plain))
 
 
 def read_record(storage_dir: str, trial_id: str) -> dict[str, Any] | None:

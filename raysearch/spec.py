@@ -354,14 +354,35 @@ class Dimension(_Model):
 
 
 class EarlyStoppingSpec(_Model):
-    scheduler: Literal["asha", "none"] = "asha"
-    """`asha` stops trials whose metric lags behind; `none` runs every trial to the end."""
+    scheduler: Literal["moasha", "asha", "none"] | None = None
+    """`moasha` stops trials that no Pareto-better set of trials leaves room for at a rung
+    (non-dominated sorting on `metrics`; the default with two or more objectives); `asha`
+    stops trials whose one `metric` lags (the default with one objective); `none` runs every
+    trial to the end."""
     metric: str = "val_loss"
     """Reported metric ASHA compares (`val_loss` or `val_<task.metric>`)."""
+    metrics: dict[str, Literal["max", "min"]] | None = None
+    """What MOASHA ranks trials on at a rung, name -> max/min. Default: the objectives, each
+    validation score replaced by `val_loss` (min), which separates partly trained trials better
+    (docs/benchmarks.md, "Multi-objective early stopping")."""
     grace_period: int = Field(1, ge=1)
     """Evaluations a trial makes before it can be stopped."""
     reduction_factor: float = Field(3, gt=1)
-    """ASHA keeps 1/reduction_factor of the trials at each rung."""
+    """ASHA and MOASHA keep 1/reduction_factor of the trials at each rung."""
+
+
+def rung_metrics(objectives: dict[str, str], stopping: EarlyStoppingSpec) -> dict[str, str]:
+    """What MOASHA ranks on: `early_stopping.metrics`, or the objectives with each validation
+    score (any `val_*` objective but val_loss) replaced by val_loss."""
+    if stopping.metrics:
+        return dict(stopping.metrics)
+    ranked: dict[str, str] = {}
+    for name, sense in objectives.items():
+        if name.startswith("val_") and name != "val_loss":
+            ranked["val_loss"] = "min"
+        else:
+            ranked[name] = sense
+    return ranked
 
 
 class SearchSpec(_Model):
@@ -391,6 +412,13 @@ class SearchSpec(_Model):
         if not value:
             raise ValueError("must define at least one dimension, e.g. `rank: {choice: [4, 8, 16]}`")
         return value
+
+    @model_validator(mode="after")
+    def _default_scheduler(self) -> "SearchSpec":
+        """No scheduler named: MOASHA for two or more objectives, ASHA for one."""
+        if self.early_stopping.scheduler is None:
+            self.early_stopping.scheduler = "moasha" if len(self.objectives) >= 2 else "asha"
+        return self
 
 
 class ResourcesSpec(_Model):
@@ -763,6 +791,10 @@ def _semantic_problems(spec: Spec) -> list[Problem]:
     if stop_metric not in metrics - {"adapter_params"}:
         problems.append(Problem("search.early_stopping.metric", stop_metric,
                                 f"must be val_loss or val_{spec.task.metric}"))
+    for name in spec.search.early_stopping.metrics or {}:
+        if name not in metrics:
+            problems.append(Problem(f"search.early_stopping.metrics.{name}", name,
+                                    f"MOASHA ranks on reported metrics: {', '.join(sorted(metrics))}"))
 
     if spec.search.sampler == "grid" and not when_problems:
         problems += _grid_problems(spec.search)

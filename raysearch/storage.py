@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -158,6 +159,22 @@ def write_text(location: str, name: str, text: str) -> None:
     fs, fs_path = _filesystem(location)
     with fs.open_output_stream(f"{fs_path.rstrip('/')}/{name}") as out:
         out.write(text.encode())
+
+
+def replace_text(location: str, name: str, text: str) -> None:
+    """Replace `location/name` whole: a reader, or a driver killed mid-write, sees the old text
+    or the new one (a local file: temporary file, fsync, rename; an object store: one PUT)."""
+    folder = local_path(location)
+    if folder is None:
+        write_text(location, name, text)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, folder / name)
 
 
 def read_text(location: str, name: str) -> str | None:

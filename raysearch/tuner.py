@@ -1,5 +1,5 @@
-"""Builds and runs the Ray Tune search: OptunaSearch over the objectives, ASHA on
-`val_loss`, one trial function per trial (which trains inline or as a Ray Train run).
+"""Builds and runs the Ray Tune search: OptunaSearch over the objectives, MOASHA (or ASHA)
+for early stopping, one trial function per trial (which trains inline or as a Ray Train run).
 The only module that builds Tune objects.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ray.tune.search.optuna import OptunaSearch
 from raysearch import storage
 from raysearch.cluster import ClusterInfo, ClusterSetupError, check_address, describe_cluster
 from raysearch.space import define_by_run, grid_points, make_sampler, num_trials_for
-from raysearch.spec import DEFAULT_STORAGE, Spec
+from raysearch.moasha import MultiObjectiveASHA
+from raysearch.spec import DEFAULT_STORAGE, Spec, rung_metrics
 from trainables.trial import run_trial
 
 # A Tune function that starts a Ray Train run only waits on TorchTrainer.fit(); the
@@ -218,20 +219,23 @@ def build_searcher(spec: Spec, storage_dir: str, concurrency: int) -> Concurrenc
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 
 
-def build_scheduler(spec: Spec) -> ASHAScheduler | FIFOScheduler:
+MOASHA_STATE = "moasha.json"  # in the search's folder: the rungs, read back by a resumed search
+
+
+def build_scheduler(spec: Spec, storage_dir: str | None = None) -> ASHAScheduler | MultiObjectiveASHA | FIFOScheduler:
+    """The search's early stopping. `storage_dir`: where MOASHA keeps its rungs (Tune does not
+    save a scheduler with its experiment state); None keeps them in memory."""
     stopping = spec.search.early_stopping
     if stopping.scheduler == "none":
         return FIFOScheduler()
-    return ASHAScheduler(
-        metric=stopping.metric,
-        mode="min" if stopping.metric.endswith("loss") else "max",
-        # The loop's own evaluation count: a restarted trial continues it, while Tune's
-        # training_iteration starts again at 1 when a resumed search restarts the function.
-        time_attr="evaluation",
-        grace_period=stopping.grace_period,
-        reduction_factor=stopping.reduction_factor,
-        max_t=10_000,
-    )
+    # The loop's own evaluation count: a restarted trial continues it, while Tune's
+    # training_iteration starts again at 1 when a resumed search restarts the function.
+    clock = {"time_attr": "evaluation", "grace_period": stopping.grace_period,
+             "reduction_factor": stopping.reduction_factor, "max_t": 10_000}
+    if stopping.scheduler == "moasha":
+        return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock,
+                                  state_file=(str(storage_dir), MOASHA_STATE) if storage_dir is not None else None)
+    return ASHAScheduler(metric=stopping.metric, mode="min" if stopping.metric.endswith("loss") else "max", **clock)
 
 
 class PruneFinishedCheckpoints(tune.Callback):
@@ -273,7 +277,7 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
         tune_config=tune.TuneConfig(
             # records each trial before Optuna or MLflow hear of it (raysearch/ledger.py)
             search_alg=RecordingSearchGenerator(build_searcher(spec, storage_dir, concurrency), storage_dir),
-            scheduler=build_scheduler(spec),
+            scheduler=build_scheduler(spec, storage_dir),
             num_samples=num_trials_for(spec.search),
             reuse_actors=True,
         ),

@@ -131,6 +131,7 @@ def train(config: dict[str, Any], session: Session) -> None:
                 train_loss=mean_across_workers(loss_sum / loss_count, device),
                 lr=scheduler.get_last_lr()[0],
                 adapter_params=adapter.adapter_params(inner),
+                budget_settled=step >= adapter.budget_settles_at(),  # raysearch/moasha.py
                 rank_allocation=json.dumps(adapter.rank_allocation(inner)),
                 final=step == total_steps,
                 diverged=False,

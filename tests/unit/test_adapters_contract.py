@@ -215,3 +215,22 @@ def test_checkpoint_of_another_model_is_refused(tiny_bert_dir, tmp_path):
     _, other = attached("lora", tiny_bert_dir, total_steps=RESUME_TOTAL, rank=8)
     with pytest.raises(RuntimeError, match="does not match this trial's model"):
         restore_model(other, read_training_state(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(ADAPTERS))
+def test_the_budget_is_final_from_the_step_the_variant_says(name, tiny_bert_dir):
+    """`budget_settles_at`: the step after which the variant's schedule leaves its parameter
+    count alone (what MOASHA waits for before it judges a trial). SoRA's gates move to the end."""
+    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir)
+    settles = adapter.budget_settles_at()
+    assert 0 <= settles <= RESUME_TOTAL
+    counts = {0: (adapter.adapter_params(model), adapter.rank_allocation(model))}
+    for step in range(1, RESUME_TOTAL + 1):
+        train_range(adapter, model, optimizer, scheduler, range(step, step + 1))
+        counts[step] = (adapter.adapter_params(model), adapter.rank_allocation(model))
+    if name != "sora":  # parameters and ranks
+        assert all(counts[step] == counts[RESUME_TOTAL] for step in range(settles, RESUME_TOTAL + 1)), (settles, counts)
+    if hasattr(adapter, "updating"):  # SaLoRA: its gates and λ move only inside its window
+        assert adapter.updating(settles) and not any(adapter.updating(s) for s in range(settles + 1, RESUME_TOTAL + 1))
+    if name in ("adalora", "alora_alloc"):  # their schedules move ranks on this tiny model within 16 steps
+        assert counts[0][1] != counts[RESUME_TOTAL][1] and settles > 0, counts

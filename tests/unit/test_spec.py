@@ -77,7 +77,7 @@ def test_minimal_file_loads_with_all_defaults(tmp_path: Path) -> None:
     assert spec.adapter.variant == "lora" and spec.adapter.rank == 8 and spec.adapter.scaling == "lora"
     assert spec.search.objectives == {"val_accuracy": "max", "adapter_params": "min"}
     assert spec.search.sampler == "tpe" and spec.search.num_trials == 24 and spec.search.max_concurrent == 2
-    assert spec.search.early_stopping.scheduler == "asha" and spec.search.early_stopping.metric == "val_loss"
+    assert spec.search.early_stopping.scheduler == "moasha" and spec.search.early_stopping.metric == "val_loss"
     assert spec.resources.workers_per_trial == 1 and spec.resources.gpus_per_worker == 0
     assert spec.tracking.mlflow_uri == "sqlite:///mlflow.db"
     assert spec.storage is None

@@ -29,7 +29,7 @@ def test_diverged_trial_is_failed_in_optuna_never_nan():
 
 def test_asha_from_spec():
     spec = spec_from_dict({**SPACE, "search": {**SPACE["search"],
-                           "early_stopping": {"grace_period": 2, "reduction_factor": 4}}})
+                           "early_stopping": {"scheduler": "asha", "grace_period": 2, "reduction_factor": 4}}})
     scheduler = build_scheduler(spec)
     assert isinstance(scheduler, ASHAScheduler)
     assert scheduler._metric == "val_loss" and scheduler._mode == "min"

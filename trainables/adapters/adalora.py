@@ -191,6 +191,9 @@ class AdaLoRA(LoRA):
         with quiet_rank_zero_slices():
             return exported_params(model, self.factors(model))
 
+    def budget_settles_at(self) -> int:
+        return self.total_steps - self.tfinal_steps  # PEFT's final mask; the ranks are fixed after it
+
     def rank_allocation(self, model: nn.Module) -> dict[str, int]:
         return {f.name: f.rank for f in self.factors(model)}
 

@@ -137,6 +137,9 @@ class ALoRA(GatedLoRA):
         steps = {math.ceil(self.total_steps * (first + (1 - first) * i / rounds)) for i in range(rounds)}
         return sorted(s for s in steps if 1 <= s < self.total_steps)
 
+    def budget_settles_at(self) -> int:
+        return max(self.round_steps(), default=0)  # the last round reallocates and closes slots
+
     # -- hooks --------------------------------------------------------------------------------
     def prepare(
         self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], val_batch: dict[str, torch.Tensor]

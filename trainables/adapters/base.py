@@ -93,6 +93,11 @@ class Adapter(Protocol):
     def adapter_params(self, model: nn.Module) -> int:
         """Parameters the export would hold, live ranks only."""
 
+    def budget_settles_at(self) -> int:
+        """The step after which the variant's own schedule no longer changes its live
+        parameters (0: fixed from the start). Before it, a multi-objective scheduler does
+        not compare the trial at a rung: it would compare a half-pruned adapter."""
+
     def rank_allocation(self, model: nn.Module) -> dict[str, int]:
         """Live rank of every adapted module (full module name -> rank), for heatmaps."""
 

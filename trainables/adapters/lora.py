@@ -118,6 +118,9 @@ class LoRA:
 
         return sum(t.numel() for t in get_peft_model_state_dict(model).values())
 
+    def budget_settles_at(self) -> int:
+        return 0  # a fixed rank: the parameters are final from the first step
+
     def rank_allocation(self, model: nn.Module) -> dict[str, int]:
         return {name: int(layer.r["default"]) for name, layer in lora_layers(model)}
 

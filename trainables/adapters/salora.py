@@ -131,6 +131,9 @@ class SaLoRA(GatedLoRA):
         """Whether log α and λ may change at this (1-based) optimizer step."""
         return self.opts.salora_t_start * self.total_steps < step <= self.opts.salora_t_end * self.total_steps
 
+    def budget_settles_at(self) -> int:
+        return math.floor(self.opts.salora_t_end * self.total_steps)  # the last step `updating` allows
+
     def density(self, model: nn.Module) -> torch.Tensor:
         """C: expected open slots over all slots, each module weighted by d_in + d_out."""
         expected, total = 0.0, 0

@@ -28,6 +28,7 @@ search `gate_lr` as well, or λ on a higher range.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -97,6 +98,12 @@ class SoRA(GatedLoRA):
         if self.schedule_peak <= 0:
             return base
         return base * float(self.schedule_group["lr"]) / self.schedule_peak
+
+    def budget_settles_at(self) -> int:
+        """The end of λ's warm-up ramp: λ is constant after it, but the proximal step goes on
+        closing (or reopening) gates to the end, so at a rung SoRA is judged by its live count
+        then, not by its final one (there is no target budget to judge it by)."""
+        return math.ceil(self.opts.sparsity_warmup * self.total_steps)
 
     def sparsity_lambda(self, step: int) -> float:
         """λ_t: λ, ramped linearly from 0 over the warm-up fraction of the steps."""

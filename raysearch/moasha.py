@@ -1,0 +1,176 @@
+"""Multi-objective asynchronous successive halving (MOASHA) for Ray Tune.
+
+ASHA (Li et al. 2020) stops a trial at a rung when its one metric is not in the top 1/η of
+the values recorded there. raysearch searches two or more objectives (validation score vs
+adapter parameters), and a loss-only rung removes exactly the small adapters a front needs:
+they learn more slowly. MOASHA (Schmucker et al. 2021, in Syne Tune, which does not run on
+Ray) ranks the trials at a rung by non-dominated sorting instead. This is that rule as a
+Tune scheduler, through Tune's public `FIFOScheduler` hooks:
+
+- rungs at `grace_period · η^k` evaluations (the loop's `evaluation` count, which survives
+  restarts);
+- when a trial first reaches a rung, its vector of `metrics` (at that rung: the live
+  `adapter_params` too) is recorded there, and every vector recorded at the rung is
+  ordered by Pareto rank (`moocore.pareto_rank`), then inside a front by crowding distance
+  (NSGA-II's diversity rule: the ends of a front and the points in its sparse parts first),
+  then by the first metric; the trial continues when it is among the first ⌈n/η⌉ of the n
+  recorded;
+- asynchronous like ASHA: a trial is judged against whoever has reached the rung so far,
+  no one waits for a full rung;
+- a trial whose result says `budget_settled: false` (AdaLoRA, SaLoRA, ALoRA and SoRA while
+  their rank schedule still shrinks the adapter) is not judged: its rank there would compare
+  a half-pruned adapter; it is judged at the highest rung it has reached once its budget
+  has settled (trainables/adapters/base.py `budget_settles_at`);
+- Tune neither saves nor restores a scheduler's state with its experiment, so the rungs are
+  written to `state_file` (atomically) after each decision and read back after a resume:
+  trials restored by `raysearch resume` are judged against the same rungs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+import moocore
+import numpy as np
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from raysearch import storage
+
+SETTLED_KEY = "budget_settled"  # in a trial's result: false while its rank schedule still prunes
+
+
+def crowding_distance(points: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance of each row of `points` (one front): for each objective, the
+    gap between its two neighbours along that objective over the objective's range, summed;
+    the two ends of each objective get infinity."""
+    n, k = points.shape
+    distance = np.zeros(n)
+    if n <= 2:
+        return np.full(n, math.inf)
+    for j in range(k):
+        order = np.argsort(points[:, j], kind="stable")
+        column = points[order, j]
+        distance[order[0]] = distance[order[-1]] = math.inf
+        span = column[-1] - column[0]
+        if span > 0:
+            distance[order[1:-1]] += (column[2:] - column[:-2]) / span
+    return distance
+
+
+def rank_order(recorded: Mapping[str, list[float]], senses: list[str]) -> list[str]:
+    """Trial ids at one rung, best first: Pareto rank; within a front, crowding distance
+    (larger first); among equals (a front's ends, every point of a front of two), the better
+    value of the first metric (the user's primary objective); then trial id."""
+    ids = list(recorded)
+    if not ids:
+        return []
+    points = np.array([recorded[i] for i in ids], dtype=float)
+    fronts = moocore.pareto_rank(points, maximise=[sense == "max" for sense in senses])
+    crowding = np.zeros(len(ids))
+    for front in np.unique(fronts):
+        members = np.flatnonzero(fronts == front)
+        crowding[members] = crowding_distance(points[members])
+    primary = points[:, 0] * (-1.0 if senses[0] == "max" else 1.0)  # smaller is better
+    order = sorted(range(len(ids)), key=lambda i: (fronts[i], -crowding[i], primary[i], ids[i]))
+    return [ids[i] for i in order]
+
+
+def promoted(recorded: Mapping[str, list[float]], senses: list[str], trial_id: str, reduction_factor: float) -> bool:
+    """Whether `trial_id` is among the top ⌈n/η⌉ of the n vectors recorded at its rung."""
+    keep = math.ceil(len(recorded) / reduction_factor)
+    return trial_id in rank_order(recorded, senses)[:keep]
+
+
+class MultiObjectiveASHA(FIFOScheduler):
+    """Stops trials at rungs by non-dominated sorting on `metrics` (name -> "max"/"min")."""
+
+    def __init__(self, metrics: Mapping[str, str], time_attr: str = "evaluation", grace_period: int = 1,
+                 reduction_factor: float = 3, max_t: int = 10_000, state_file: tuple[str, str] | None = None) -> None:
+        if not metrics or any(sense not in ("max", "min") for sense in metrics.values()):
+            raise ValueError(f"metrics must map names to 'max' or 'min', got {dict(metrics)}")
+        if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
+            raise ValueError("need grace_period >= 1, reduction_factor > 1 and max_t >= grace_period")
+        super().__init__()
+        self.metrics = dict(metrics)
+        self.time_attr = time_attr
+        self.reduction_factor = reduction_factor
+        count = int(math.log(max_t / grace_period) / math.log(reduction_factor)) + 1
+        self.milestones = [grace_period * reduction_factor ** k for k in range(count)]
+        self.state_file = state_file  # (folder location, file name); None: kept in memory only
+        self._rungs: dict[float, dict[str, list[float]]] | None = None  # loaded lazily (after a restore)
+        self.stopped = 0
+
+    # Tune pickles the scheduler into tuner.pkl when the Tuner is built (before any result) and
+    # never saves it again; the rungs live in state_file instead.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_rungs": None}
+
+    @property
+    def rungs(self) -> dict[float, dict[str, list[float]]]:
+        if self._rungs is None:
+            text = storage.read_text(*self.state_file) if self.state_file else None
+            self._rungs = {m: {} for m in self.milestones}
+            if text:
+                self._load(json.loads(text))
+        return self._rungs
+
+    def _load(self, state: dict[str, Any]) -> None:
+        saved = {float(m): dict(recorded) for m, recorded in state["rungs"].items()}
+        self._rungs = {m: saved.get(float(m), {}) for m in self.milestones}
+        self.stopped = state.get("stopped", 0)
+
+    def _state(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "reduction_factor": self.reduction_factor, "stopped": self.stopped,
+                "rungs": {str(m): recorded for m, recorded in self.rungs.items()}}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's scheduler checkpoint API: the rungs as JSON."""
+        with open(checkpoint_path, "w") as out:
+            json.dump(self._state(), out)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as source:
+            self._load(json.load(source))
+
+    def _persist(self) -> None:
+        if self.state_file:
+            storage.replace_text(*self.state_file, json.dumps(self._state()))
+
+    def _vector(self, result: Mapping[str, Any]) -> list[float] | None:
+        values = [result.get(name) for name in self.metrics]
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values]
+
+    def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
+        """Record the trial at the highest rung it has reached and not been judged at, and say
+        whether it goes on. Results without a finite value of every metric, or with an
+        unsettled budget, are not judged."""
+        now, vector = result.get(self.time_attr), self._vector(result)
+        if now is None or vector is None or result.get(SETTLED_KEY) is False:
+            return TrialScheduler.CONTINUE
+        for milestone in sorted(self.rungs, reverse=True):
+            recorded = self.rungs[milestone]
+            if now < milestone or trial_id in recorded:
+                continue
+            recorded[trial_id] = vector
+            # its last evaluation is recorded for the trials after it, but there is nothing to stop
+            go_on = bool(result.get("final")) or promoted(recorded, list(self.metrics.values()), trial_id,
+                                                           self.reduction_factor)
+            self.stopped += not go_on
+            self._persist()
+            return TrialScheduler.CONTINUE if go_on else TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        return self.decide(trial.trial_id, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        if result:
+            self.decide(trial.trial_id, result)
+
+    def debug_string(self) -> str:
+        rungs = ", ".join(f"{m:g}: {len(r)}" for m, r in sorted(self.rungs.items()) if r)
+        return f"MultiObjectiveASHA on {self.metrics}: {self.stopped} stopped; trials at rungs {{{rungs}}}"

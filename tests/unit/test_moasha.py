@@ -1,0 +1,156 @@
+"""The multi-objective successive-halving scheduler's decisions on hand-built rungs."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from raysearch.moasha import MultiObjectiveASHA, crowding_distance, promoted, rank_order
+from raysearch.spec import spec_from_dict
+from raysearch.tuner import build_scheduler
+
+GO, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+SENSES = {"val_loss": "min", "adapter_params": "min"}
+
+
+class FakeTrial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def report(scheduler, trial_id: str, evaluation: int, loss: float, params: float, **extra) -> str:
+    result = {"evaluation": evaluation, "val_loss": loss, "adapter_params": params, **extra}
+    return scheduler.on_trial_result(None, FakeTrial(trial_id), result)
+
+
+def test_crowding_distance_by_hand():
+    # a front of four on a line: ends infinite; the inner ones (x-gap + y-gap) / range each
+    points = np.array([[0.0, 3.0], [1.0, 2.0], [3.0, 1.0], [4.0, 0.0]])
+    assert np.allclose(crowding_distance(points)[1:3], [(3 - 0) / 4 + (3 - 1) / 3, (4 - 1) / 4 + (2 - 0) / 3])
+    assert math.isinf(crowding_distance(points)[0]) and math.isinf(crowding_distance(points)[3])
+
+
+def test_dominated_trials_rank_after_the_front_and_ties_go_by_crowding_then_the_first_metric():
+    recorded = {"a": [0.5, 100], "b": [0.4, 400], "c": [0.45, 200], "d": [0.6, 500], "e": [0.42, 300]}
+    order = rank_order(recorded, ["min", "min"])
+    # front {b, e, c, a}: its ends a and b first (b, the better loss, before a); then c, whose
+    # neighbours are farther apart (0.08/0.10 + 200/300) than e's (0.05/0.10 + 200/300); d is
+    # dominated by every other point
+    assert order == ["b", "a", "c", "e", "d"]
+
+
+def test_a_trial_continues_only_among_the_top_third_at_its_rung():
+    recorded = {"a": [0.5, 100], "b": [0.4, 400], "d": [0.6, 500]}
+    assert promoted(recorded, ["min", "min"], "b", 3)  # ⌈3/3⌉ = 1 kept: the front's better-loss end
+    assert not promoted(recorded, ["min", "min"], "a", 3)
+    assert not promoted(recorded, ["min", "min"], "d", 3)
+    assert promoted({**recorded, "x": [0.7, 600]}, ["min", "min"], "a", 3)  # ⌈4/3⌉ = 2 kept
+
+
+def test_asynchronous_promotion_first_arrivals_go_on_a_dominated_one_stops():
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    assert scheduler.milestones[:3] == [1, 2, 4]
+    assert report(scheduler, "t1", 1, 0.6, 100) == GO  # alone at rung 1
+    assert report(scheduler, "t2", 1, 0.7, 200) == STOP  # dominated by t1; ⌈2/2⌉ = 1 kept
+    assert report(scheduler, "t3", 1, 0.5, 300) == GO  # non-dominated: beside t1 on the front, ⌈3/2⌉ = 2 kept
+    assert report(scheduler, "t1", 2, 0.55, 100) == GO  # the first at rung 2 waits for no one
+    assert report(scheduler, "t1", 3, 0.9, 100) == GO  # between rungs: no decision
+    assert report(scheduler, "t3", 2, 0.45, 90) == GO  # dominates t1 there
+    assert scheduler.rungs[2] == {"t1": [0.55, 100.0], "t3": [0.45, 90.0]}
+    assert scheduler.stopped == 1
+
+
+def test_loss_alone_would_stop_the_small_adapter_the_front_needs():
+    """Six trials at a rung, a third kept: ASHA on val_loss keeps the two best losses (a, f);
+    MOASHA keeps the front's two ends, the best loss (a) and the 500-parameter adapter (e),
+    whose loss is the worst of the six."""
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=3)
+    arrivals = {"a": (0.40, 4000), "b": (0.42, 4500), "c": (0.44, 5000), "d": (0.46, 3000), "f": (0.41, 6000),
+                "e": (0.55, 500)}
+    decisions = {trial: report(scheduler, trial, 1, *point) for trial, point in arrivals.items()}
+    assert decisions["e"] == GO
+    assert sorted(arrivals, key=lambda t: arrivals[t][0])[:2] == ["a", "f"]  # what a loss-only rung keeps
+    assert rank_order(scheduler.rungs[1], ["min", "min"])[:2] == ["a", "e"]
+
+
+def test_a_trial_whose_budget_is_still_shrinking_is_judged_only_once_settled():
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    report(scheduler, "lora", 1, 0.5, 100)
+    report(scheduler, "lora", 2, 0.4, 100)
+    report(scheduler, "lora", 4, 0.3, 100)
+    # AdaLoRA at 9000 params mid-schedule, far worse than LoRA on every metric: not judged
+    for evaluation in (1, 2, 3):
+        assert report(scheduler, "ada", evaluation, 0.9, 9000, budget_settled=False) == GO
+    assert "ada" not in scheduler.rungs[1] and "ada" not in scheduler.rungs[2]
+    # settled at evaluation 5: judged once, at the highest rung it has reached (4), where it
+    # dominates LoRA (judged mid-schedule at rung 1, it was dominated and would have stopped)
+    assert report(scheduler, "ada", 5, 0.25, 50, budget_settled=True) == GO
+    assert set(scheduler.rungs[4]) == {"lora", "ada"} and scheduler.stopped == 0
+    assert not promoted({"lora": [0.5, 100], "ada": [0.9, 9000]}, ["min", "min"], "ada", 2)
+
+
+def test_results_without_every_metric_or_with_a_non_finite_one_are_not_judged():
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    report(scheduler, "a", 1, 0.5, 100)
+    assert scheduler.on_trial_result(None, FakeTrial("b"), {"evaluation": 1, "adapter_params": 10}) == GO
+    assert report(scheduler, "c", 1, float("nan"), 10) == GO
+    assert set(scheduler.rungs[1]) == {"a"}
+
+
+def test_the_last_evaluation_is_recorded_but_never_stopped():
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    report(scheduler, "a", 1, 0.5, 100)
+    assert report(scheduler, "b", 1, 0.9, 900, final=True) == GO
+    assert "b" in scheduler.rungs[1] and scheduler.stopped == 0
+
+
+def test_rungs_survive_a_restart_from_the_state_file(tmp_path):
+    """Tune pickles the scheduler into tuner.pkl once, before any result, and never saves it
+    again: a resumed search gets that object back; it reads the rungs from its state file."""
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, state_file=(str(tmp_path), "moasha.json"))
+    pickled = pickle.dumps(scheduler)  # what tuner.pkl holds: no rungs yet
+    report(scheduler, "t1", 1, 0.6, 100)
+    report(scheduler, "t2", 1, 0.7, 200)
+    assert json.loads((tmp_path / "moasha.json").read_text())["rungs"]["1"] == {"t1": [0.6, 100.0], "t2": [0.7, 200.0]}
+
+    resumed = pickle.loads(pickled)
+    assert resumed.rungs[1] == scheduler.rungs[1] and resumed.stopped == 1
+    assert report(resumed, "t2", 1, 0.7, 200) == GO  # already judged there: not again
+    assert report(resumed, "t4", 1, 0.8, 300) == STOP  # judged against the rungs before the kill
+    fresh = pickle.loads(pickled)  # a search never killed would have decided the same
+    assert report(fresh, "t4", 1, 0.8, 300) == GO
+
+
+def test_tune_save_and_restore_round_trip(tmp_path):
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    report(scheduler, "t1", 1, 0.6, 100)
+    scheduler.save(str(tmp_path / "sched.json"))
+    other = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    other.restore(str(tmp_path / "sched.json"))
+    assert other.rungs == scheduler.rungs
+
+
+def test_moasha_is_the_default_for_two_objectives_asha_for_one():
+    space = {"rank": {"choice": [4, 8]}}
+    two = spec_from_dict({"search": {"space": space}})
+    one = spec_from_dict({"search": {"space": space, "objectives": {"val_accuracy": "max"}}})
+    assert two.search.early_stopping.scheduler == "moasha" and one.search.early_stopping.scheduler == "asha"
+    scheduler = build_scheduler(two)
+    assert isinstance(scheduler, MultiObjectiveASHA)
+    assert scheduler.metrics == {"val_loss": "min", "adapter_params": "min"}  # accuracy's loss stand-in
+    chosen = spec_from_dict({"search": {"space": space, "early_stopping": {
+        "metrics": {"val_accuracy": "max", "adapter_params": "min"}}}})
+    assert build_scheduler(chosen).metrics == {"val_accuracy": "max", "adapter_params": "min"}
+
+
+def test_bad_rung_metric_names_the_field():
+    from raysearch.spec import SpecError
+
+    with pytest.raises(SpecError) as error:
+        (spec_from_dict({"search": {"space": {"rank": {"choice": [4]}},
+                                              "early_stopping": {"metrics": {"val_acc": "max"}}}}))
+    assert "search.early_stopping.metrics.val_acc" in str(error.value)
