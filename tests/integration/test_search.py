@@ -1,9 +1,11 @@
-"""A real search end to end on local Ray: YAML -> Tune/Optuna/ASHA -> Train -> MLflow."""
+"""A real search end to end on local Ray: YAML -> Tune/Optuna/MOASHA -> Train -> MLflow."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +14,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from raysearch.cli import app, number
+from raysearch.pareto import pareto_mask
 from raysearch.spec import load_spec
 from tiny_search import write_experiment
 
@@ -23,7 +26,7 @@ def write_space(tmp_path: Path, model_dir: Path, **search) -> Path:
         "sampler": "random",
         "num_trials": 4,
         "max_concurrent": 2,
-        "early_stopping": {"scheduler": "asha", "grace_period": 1, "reduction_factor": 2},
+        "early_stopping": {"grace_period": 1, "reduction_factor": 2},  # MOASHA: the default for two objectives
         "space": {
             "variant": {"choice": ["lora", "dora"]},
             "rank": {"choice": [2, 8]},
@@ -58,6 +61,16 @@ def test_search_end_to_end_records_every_trial_in_mlflow(tmp_path, tiny_model_di
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert [m.step for m in history] == sorted(m.step for m in history) and history[0].step == 2
     assert any(r.data.tags["raysearch.pareto"] == "true" for r in children)
+    # MOASHA judged the trials at its rungs; the front is the non-dominated set of the trials
+    # that ran to the end, whatever the stopped ones reported
+    rungs = json.loads((tmp_path / "results" / "itest" / "moasha.json").read_text())["rungs"]
+    judged = {trial for recorded in rungs.values() for trial in recorded}
+    assert {r.data.tags["raysearch.trial_id"] for r in children} <= judged
+    ran_out = [r for r in children if r.data.tags["raysearch.status"] == "completed"]
+    on_front = pareto_mask(np.array([[r.data.metrics["val_accuracy"], r.data.metrics["adapter_params"]]
+                                     for r in ran_out]), ["max", "min"])
+    assert {r.data.tags["raysearch.trial_id"] for r in children if r.data.tags["raysearch.pareto"] == "true"} \
+        == {r.data.tags["raysearch.trial_id"] for r, front in zip(ran_out, on_front) if front}
     completed = [r for r in children if r.data.tags["raysearch.status"] == "completed"]
     assert completed, "no trial ran to the end"
     for run in completed:
