@@ -258,7 +258,8 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
                   rng: np.random.Generator | None) -> dict[str, Any]:
     """The search run again with `scheduler` deciding on the recorded results: trials start in
     the sampler's order as slots free, each report arrives after its recorded duration (times
-    a log-normal jitter when `rng` is given). Returns trial-steps and the best final accuracy."""
+    a log-normal jitter when `rng` is given). Returns trial-steps, the best final accuracy and
+    the (val_accuracy, adapter_params) of each trial that ran to the end."""
     import heapq
     from types import SimpleNamespace
 
@@ -277,7 +278,7 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
     waiting = list(range(len(curves)))[::-1]
     for _ in range(min(max_concurrent, len(waiting))):
         start(waiting.pop(), 0.0)
-    trial_steps, finals = 0, []
+    trial_steps, finals, finished = 0, [], []
     while events:
         now, trial, index = heapq.heappop(events)
         result, last = curves[trial][index], index == len(curves[trial]) - 1
@@ -290,9 +291,10 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
         trial_steps += int(result.get("step", 0))
         if ran_to_end(result):
             finals.append(result["val_accuracy"])
+            finished.append((result["val_accuracy"], float(result["adapter_params"])))
         if waiting:
             start(waiting.pop(), now)
-    return {"trial_steps": trial_steps, "best_val_accuracy": max(finals, default=float("nan"))}
+    return {"trial_steps": trial_steps, "best_val_accuracy": max(finals, default=float("nan")), "finished": finished}
 
 
 def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], runs: int) -> list[dict[str, Any]]:

@@ -403,6 +403,11 @@ class SearchSpec(_Model):
     (a bad setting would fail every trial the same way); 0: never."""
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     """How unpromising trials are stopped early."""
+    start_with_defaults: bool = True
+    """The first trial is the configuration the experiment file itself gives (its `adapter:`,
+    `train:` and `task.target` values for the searched dimensions), so the search is never
+    worse than the file's defaults; a dimension whose default its range or choices exclude is
+    sampled. Not for `grid`."""
     space: dict[str, Dimension]
     """The search dimensions, by name (adapter hyperparameters, `variant`, and lr/weight_decay/...)."""
 
