@@ -106,6 +106,33 @@ def grid_points(space: dict[str, Dimension]) -> list[dict[str, Any]]:
     return points
 
 
+def contains(dim: Dimension, value: Any) -> bool:
+    """Whether the dimension could sample `value` (one of its choices; in its range, on its step)."""
+    if dim.kind == "choice":
+        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dim.choice or [])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    low, high = dim.bounds
+    if not low <= value <= high or (dim.kind == "int" and int(value) != value):
+        return False
+    if dim.step:
+        steps = (value - low) / dim.step
+        return abs(steps - round(steps)) < 1e-9
+    return True
+
+
+def default_point(space: dict[str, Dimension], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The experiment file's own configuration, as a point of the space: each active dimension's
+    value in `defaults` when the dimension could sample it. Dimensions left out (no default,
+    or one the dimension excludes, or a `when` on a dimension left out) are sampled."""
+    point: dict[str, Any] = {}
+    for name in dependency_order(space):
+        dim, value = space[name], defaults.get(name)
+        if is_active(dim, point) and value is not None and contains(dim, value):
+            point[name] = value
+    return point
+
+
 def num_trials_for(search: SearchSpec) -> int:
     """Trials the search will run: the grid size for `grid`, else `num_trials`."""
     if search.sampler == "grid":
@@ -137,6 +164,8 @@ def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 __all__ = [
+    "contains",
+    "default_point",
     "define_by_run",
     "dependency_order",
     "grid_points",

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ADAPTERS: dict[str, Any] | None = None
 
 TRAIN_DIMENSIONS = frozenset({"lr", "weight_decay", "warmup_ratio", "epochs", "batch_size"})
+TASK_DIMENSIONS = frozenset({"target"})  # which layers are adapted: attention, attention_mlp, all_linear
 DEFAULT_STORAGE = "./raysearch_results"
 _SCALAR_TYPES = (str, int, float, bool, type(None))  # what Optuna's suggest_categorical accepts
 _MISSING: Any = object()
@@ -143,9 +144,11 @@ class TaskSpec(_Model):
     `answer_pattern`) or `loglik` (the candidate answer whose response has the highest
     log-likelihood, as lm-evaluation-harness scores multiple choice; candidates from the
     instruction's "Answer format: a/b/c" line, else every gold answer of the record's source)."""
-    target: Literal["attention", "attention_mlp"] = "attention"
+    target: Literal["attention", "attention_mlp", "all_linear"] = "attention"
     """Layers adapted when adapter.target_modules is unset: the attention projections, or
-    attention + MLP projections (as the LLaMA seeds do); known per architecture."""
+    attention + MLP projections (as the LLaMA seeds do; known per architecture), or every
+    linear layer outside the task head (PEFT's `all-linear`; any architecture). A search
+    dimension too: `target: {choice: [attention, all_linear]}`."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -720,7 +723,7 @@ def _usable_problems(spec: Spec, adapters: dict[str, Any]) -> list[Problem]:
     else:
         candidates = [spec.adapter.variant] if spec.adapter.variant in adapters else []
     for name, dim in space.items():
-        if name == "variant" or name in TRAIN_DIMENSIONS or not any(name in c.hyperparams for c in adapters.values()):
+        if name == "variant" or name in TRAIN_DIMENSIONS | TASK_DIMENSIONS or not any(name in c.hyperparams for c in adapters.values()):
             continue  # unknown names are reported once, as unknown
         allowed = (dim.when or {}).get("variant")
         active = [v for v in candidates if allowed is None or v in allowed]
@@ -771,7 +774,7 @@ def _semantic_problems(spec: Spec) -> list[Problem]:
     adapters = _adapters()
     space = spec.search.space
     adapter_dims = set().union(*(cls.hyperparams for cls in adapters.values())) if adapters else set()
-    allowed = {"variant"} | TRAIN_DIMENSIONS | adapter_dims
+    allowed = {"variant"} | TRAIN_DIMENSIONS | TASK_DIMENSIONS | adapter_dims
     problems = _variant_problems(spec, adapters)
     for name, dim in space.items():
         if name not in allowed:
@@ -779,6 +782,8 @@ def _semantic_problems(spec: Spec) -> list[Problem]:
                                     f"unknown dimension; allowed: {', '.join(sorted(allowed))}"))
         elif name in TrainSpec.model_fields and name != "variant":
             problems += _dimension_value_problems(name, dim, TrainSpec)
+        elif name in TASK_DIMENSIONS:
+            problems += _dimension_value_problems(name, dim, TaskSpec)
         elif name in AdapterSpec.model_fields and name != "variant":
             problems += _dimension_value_problems(name, dim, AdapterSpec)
         else:

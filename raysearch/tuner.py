@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysearch import storage
 from raysearch.cluster import ClusterInfo, ClusterSetupError, check_address, describe_cluster
-from raysearch.space import define_by_run, grid_points, make_sampler, num_trials_for
+from raysearch.space import default_point, define_by_run, grid_points, make_sampler, num_trials_for
 from raysearch.moasha import MultiObjectiveASHA
 from raysearch.spec import DEFAULT_STORAGE, Spec, rung_metrics
 from trainables.trial import run_trial
@@ -202,6 +202,37 @@ def init_ray(spec: Spec) -> int:
         raise
 
 
+def file_defaults(spec: Spec) -> dict[str, Any]:
+    """What the experiment file itself says for each possible dimension: its `adapter:` and
+    `train:` values, `task.target`, and the options of its `adapter.variant` (the variant's own
+    defaults where the file sets none)."""
+    from raysearch.spec import _adapters
+
+    variant = _adapters().get(spec.adapter.variant)
+    options = {name: field.default for name, field in variant.options.model_fields.items()} if variant else {}
+    return {**options, **spec.adapter.model_dump(), **spec.train.model_dump(), "target": spec.task.target}
+
+
+def _new_study(journal: optuna.storages.BaseStorage, name: str) -> bool:
+    """Whether the study has no trials yet (a search restarted under its id already has its first)."""
+    try:
+        return not optuna.load_study(study_name=name, storage=journal).trials
+    except KeyError:
+        return True
+
+
+def first_points(spec: Spec, journal: optuna.storages.BaseStorage) -> list[dict[str, Any]] | None:
+    """What the study is given to try first: the grid's points, or the file's own configuration
+    (search.start_with_defaults) in a study that has no trials yet."""
+    search = spec.search
+    if search.sampler == "grid":
+        return grid_points(search.space)
+    if search.start_with_defaults and _new_study(journal, spec.name):
+        point = default_point(search.space, file_defaults(spec))
+        return [point] if point else None
+    return None
+
+
 def build_searcher(spec: Spec, storage_dir: str, concurrency: int) -> ConcurrencyLimiter:
     search = spec.search
     journal_file = storage.journal_file(str(storage_dir), spec.name)
@@ -214,7 +245,7 @@ def build_searcher(spec: Spec, storage_dir: str, concurrency: int) -> Concurrenc
         sampler=make_sampler(search),
         study_name=spec.name,
         storage=journal,
-        points_to_evaluate=grid_points(search.space) if search.sampler == "grid" else None,
+        points_to_evaluate=first_points(spec, journal),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 

@@ -62,7 +62,7 @@ MLP_MODULES: dict[str, list[str]] = {
     "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"],
     "bloom": ["dense_h_to_4h", "dense_4h_to_h"],
 }
-TARGET_PRESETS = ("attention", "attention_mlp")
+TARGET_PRESETS = ("attention", "attention_mlp", "all_linear")
 
 # Top-level modules a sequence-classification model creates fresh (randomly
 # initialised): they must be trained and saved with the adapter (PEFT modules_to_save).
@@ -240,7 +240,8 @@ def _candidates(model: nn.Module) -> list[str]:
 
 def resolve_target_modules(model: nn.Module, override: list[str] | None = None, preset: str = "attention") -> list[str]:
     """The module-name suffixes an adapter attaches to: `override` if given, else the
-    architecture's attention projections (TARGET_MODULES), plus MLP_MODULES for `attention_mlp`."""
+    architecture's attention projections (TARGET_MODULES), plus MLP_MODULES for `attention_mlp`,
+    or the names of every linear layer outside the head for `all_linear`."""
     linear_names = linear_module_names(model)
     if override:
         missing = [t for t in override if not any(matches_target(n, t) for n in linear_names)]
@@ -253,6 +254,10 @@ def resolve_target_modules(model: nn.Module, override: list[str] | None = None, 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if preset not in TARGET_PRESETS:
         raise ValueError(f"unknown target preset {preset!r}; allowed: {list(TARGET_PRESETS)}")
+    if preset == "all_linear":  # PEFT's all-linear: every linear layer but the task's own head,
+        # by full name (a suffix such as `dense` can also name a layer inside a classifier head)
+        heads = set(classifier_head_names(model, required=False)) | {"lm_head"}
+        return [name for name in linear_module_names(model) if name.split(".")[0] not in heads]
     table = TARGET_MODULES.get(model_type or "")
     if preset == "attention_mlp" and table is not None:
         if model_type not in MLP_MODULES:

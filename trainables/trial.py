@@ -20,14 +20,13 @@ from trainables.session import TuneSession
 def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
     """Experiment defaults + sampled dimensions -> the workers' config.
 
-    A sampled name that is a training field (lr, epochs, ...) overrides `train`;
-    every other one (variant, rank, alpha, ...) overrides `adapter`.
+    A sampled name that is a training field (lr, epochs, ...) overrides `train`, `target`
+    overrides `task.target`, and every other one (variant, rank, alpha, ...) `adapter`.
     """
-    train = dict(base["train"])
-    adapter = dict(base["adapter"])
+    train, adapter, task = dict(base["train"]), dict(base["adapter"]), dict(base["task"])
     for key, value in sampled.items():
-        (train if key in train else adapter)[key] = value
-    return {**base, "train": train, "adapter": adapter}
+        (task if key == "target" else train if key in train else adapter)[key] = value
+    return {**base, "train": train, "adapter": adapter, "task": task}
 
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:

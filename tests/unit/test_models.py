@@ -60,6 +60,25 @@ def test_classifier_heads_are_top_level_modules(model_type):
     assert expected in heads
 
 
+@pytest.mark.parametrize("model_type", TINY_TYPES)
+def test_all_linear_is_every_linear_layer_but_the_head(model_type):
+    model = _tiny(model_type)
+    targets = resolve_target_modules(model, preset="all_linear")
+    heads = classifier_head_names(model)
+    assert targets == [n for n in linear_module_names(model) if n.split(".")[0] not in heads]
+    assert set(targets) > {n for n in linear_module_names(model) for t in TARGET_MODULES[model_type]
+                           if n == t or n.endswith("." + t)}  # the attention projections and more
+    assert not any(t.split(".")[0] in heads for t in targets)
+
+
+def test_all_linear_on_a_causal_lm_leaves_the_output_layer_alone():
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    targets = resolve_target_modules(model, preset="all_linear")
+    assert "lm_head" not in targets and len(targets) == 2 * 7  # q k v o gate up down in each of 2 layers
+
+
 def test_override_wins_and_is_validated():
     model = _tiny("llama")
     assert resolve_target_modules(model, ["up_proj", "down_proj"]) == ["up_proj", "down_proj"]

@@ -203,3 +203,29 @@ def test_multi_objective_study_runs_with_each_sampler(sampler: str) -> None:
     assert study.best_trials  # a Pareto front exists
     for t in complete:
         assert ("sparsity_lambda" in t.params) == (t.params["variant"] == "sora")
+
+
+def test_contains_follows_choices_ranges_types_and_steps() -> None:
+    from raysearch.space import contains
+
+    assert contains(Dimension(choice=[2, 8]), 8) and not contains(Dimension(choice=[2, 8]), 4)
+    assert not contains(Dimension(choice=[1, 2]), True)  # a boolean is not the number 1
+    assert contains(Dimension(loguniform=(1e-4, 1e-2)), 5e-4) and not contains(Dimension(loguniform=(1e-4, 1e-2)), 0.05)
+    assert contains(Dimension(uniform=(4, 64), step=4), 16) and not contains(Dimension(uniform=(4, 64), step=4), 18)
+    assert not contains(Dimension(int=(2, 64)), 2.5) and not contains(Dimension(int=(2, 64)), "8")
+
+
+def test_default_point_keeps_what_the_space_allows_and_honours_when() -> None:
+    from raysearch.space import default_point
+
+    space = {
+        "variant": Dimension(choice=["lora", "sora"]),
+        "rank": Dimension(choice=[4, 16]),
+        "alpha": Dimension(choice=[8, 32]),
+        "sparsity_lambda": Dimension(loguniform=(1e-4, 1e-2), when={"variant": ["sora"]}),
+        "lr": Dimension(loguniform=(1e-4, 1e-2)),
+    }
+    defaults = {"variant": "lora", "rank": 16, "alpha": 16, "sparsity_lambda": 1e-3, "lr": 5e-4}
+    # alpha 16 is not a choice: sampled; sparsity_lambda is inactive for lora
+    assert default_point(space, defaults) == {"variant": "lora", "rank": 16, "lr": 5e-4}
+    assert default_point(space, {**defaults, "variant": "sora"})["sparsity_lambda"] == 1e-3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from ray.tune.schedulers import ASHAScheduler
 
 from raysearch.space import define_by_run
@@ -40,3 +41,42 @@ def test_concurrency_capped_by_cpus():
                            "resources": {"workers_per_trial": 2, "cpus_per_worker": 1}})
     assert effective_concurrency(spec, 2) == 1
     assert effective_concurrency(spec, 16) == 4
+
+
+def test_the_first_trial_is_the_experiment_files_own_configuration(tmp_path):
+    """search.start_with_defaults: the study is given the file's adapter/train/task values for
+    the searched dimensions first; a search restarted on a journal that has trials is not."""
+    import optuna
+
+    from raysearch.tuner import build_searcher
+
+    data = {"adapter": {"variant": "lora", "rank": 16, "alpha": 16}, "train": {"lr": 5e-4},
+            "search": {"sampler": "tpe", "seed": 3, "space": {
+                "variant": {"choice": ["lora", "rora", "dora"]}, "rank": {"choice": [4, 16, 64]},
+                "target": {"choice": ["attention", "all_linear"]}, "lr": {"loguniform": [2e-4, 3e-3]}}}}
+    spec = spec_from_dict(data)
+    first = build_searcher(spec, str(tmp_path), 2).searcher.suggest("t1")
+    assert first == {"variant": "lora", "rank": 16, "target": "attention", "lr": 5e-4}
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "optuna.journal")))
+    assert len(optuna.load_study(study_name=spec.name, storage=journal).trials) == 1
+    again = build_searcher(spec, str(tmp_path), 2).searcher  # a restarted search: no second copy
+    assert [t.state.name for t in optuna.load_study(study_name=spec.name, storage=journal).trials] == ["RUNNING"]
+    assert again is not None
+    off = spec_from_dict({**data, "name": "off", "search": {**data["search"], "start_with_defaults": False}})
+    assert build_searcher(off, str(tmp_path / "off"), 2).searcher.suggest("t1") != first
+
+
+def test_target_is_a_search_dimension_that_sets_the_task_target(tmp_path):
+    from trainables.trial import trial_config
+
+    from raysearch.tuner import base_config
+
+    spec = spec_from_dict({"search": {"space": {"target": {"choice": ["attention", "all_linear"]}}}})
+    config = trial_config(base_config(spec, str(tmp_path)), {"target": "all_linear"})
+    assert config["task"]["target"] == "all_linear" and "target" not in config["adapter"]
+    from raysearch.spec import SpecError
+
+    with pytest.raises(SpecError) as error:
+        spec_from_dict({"search": {"space": {"target": {"choice": ["attention", "everything"]}}}})
+    assert "search.space.target" in str(error.value) and "all_linear" in str(error.value)
