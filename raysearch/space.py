@@ -153,7 +153,8 @@ def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
         # concurrent trials from being proposed the same point. All three are "experimental".
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+            startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
     if search.sampler == "nsga2":
         # Small populations: searches here run tens of trials, not thousands.
         population = max(2, min(8, search.num_trials))

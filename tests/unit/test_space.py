@@ -229,3 +229,11 @@ def test_default_point_keeps_what_the_space_allows_and_honours_when() -> None:
     # alpha 16 is not a choice: sampled; sparsity_lambda is inactive for lora
     assert default_point(space, defaults) == {"variant": "lora", "rank": 16, "lr": 5e-4}
     assert default_point(space, {**defaults, "variant": "sora"})["sparsity_lambda"] == 1e-3
+
+
+def test_startup_trials_sets_tpes_random_start_up() -> None:
+    space = {"rank": {"choice": [4, 8]}}
+    short = SearchSpec.model_validate({"sampler": "tpe", "startup_trials": 3, "space": space})
+    default = SearchSpec.model_validate({"sampler": "tpe", "space": space})
+    assert make_sampler(short)._n_startup_trials == 3  # Optuna keeps it private; no public accessor
+    assert make_sampler(default)._n_startup_trials == 10
