@@ -3,7 +3,7 @@
 
 Reads top to bottom: setup (data, model, adapter, optimizer), train with
 evaluations every `eval_every_steps`, report, export. It knows nothing about
-any variant: the adapter is driven through its hooks (DESIGN.md).
+any variant: the adapter is driven through its hooks (docs/design.md, "The adapter hooks").
 
 The data order is global: every worker builds the same shuffled global batch
 and takes its own slice, so N workers with global batch B see exactly what

@@ -138,7 +138,7 @@ def adapter_output_variance(rank: int, scaling: str, seed: int, d: int = 256) ->
 
 
 def test_rora_variance_flat_in_rank_lora_falls_like_one_over_r():
-    """VARIANTS.md's RoRA check: Var(s·BAx) after one step is flat in r for α/√r, ~1/r for α/r.
+    """The RoRA check (docs/variants.md, "RoRA"): Var(s·BAx) after one step is flat in r for α/√r, ~1/r for α/r.
 
     One Adam step: its first update is lr·sign(grad), the regime of the RoRA/rsLoRA
     argument (update size independent of the gradient's scale), so Var ∝ s²·r.

@@ -1,4 +1,4 @@
-"""ALoRA (alora_alloc): VARIANTS.md's checks on a tiny BERT built from a config."""
+"""ALoRA (alora_alloc): the checks docs/variants.md lists for it, on a tiny BERT built from a config."""
 from __future__ import annotations
 
 from pathlib import Path

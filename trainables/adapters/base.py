@@ -1,7 +1,8 @@
 """The adapter hook protocol every variant implements, and the shared scaling rule.
 
 The training loop (`trainables/loop.py`) knows nothing about any variant: it calls
-these hooks at fixed points (see DESIGN.md, "The adapter protocol").
+these hooks at fixed points (docs/design.md, "The adapter hooks", says when and what each
+must guarantee).
 """
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ class Adapter(Protocol):
 
     def __init__(self, config: dict[str, Any], task_type: str, total_steps: int = 1) -> None:
         """`total_steps`: the trial's real number of optimizer steps (schedules, AdaLoRA)."""
+
+    def scaling(self) -> str | float:
+        """The scaling rule the variant applies (`alpha / r**p`'s p, or its name), whatever was
+        sampled: RoRA and GoRA apply alpha/sqrt(r). Reported as `scaling_exponent`."""
+
+    def loraplus_ratio(self) -> float:
+        """B's learning rate over A's that the variant applies (16 for LoRA+, else 1 unless set)."""
 
     def prepare(
         self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], val_batch: dict[str, torch.Tensor]

@@ -7,8 +7,8 @@ Before training, with the base frozen, on N batches, for every target weight W_i
 so the adapter starts at s_i B_i A_i = −γ_i G_i P_A: one gradient-descent step projected on
 A_i's row space, with the base weight untouched. Then trained as LoRA (LoRA+ ratio 16).
 
-Choices where VARIANTS.md leaves room or is departed from, and why:
-- Step size γ_i = gora_gamma · √(d_in/r_i), not VARIANTS.md's example γ = 5e-2·√d_in. The
+Choices where the paper leaves room or is departed from, and why (docs/variants.md, "GoRA"):
+- Step size γ_i = gora_gamma · √(d_in/r_i), not a raw γ such as 5e-2·√d_in. The
   reference code (hhnqqq/MyTransformers, `gora.py`, scale-by-lr mode) divides B by α, not
   by s_i, which puts the extra 1/√r_i in. For a random A, ‖G P_A‖ ≈ √(r_i/d_in)·‖G‖, so this
   γ_i makes the initial update as large as a full-weight SGD step of learning rate
