@@ -141,10 +141,11 @@ def test_moasha_is_the_default_for_two_objectives_asha_for_one():
     assert two.search.early_stopping.scheduler == "moasha" and one.search.early_stopping.scheduler == "asha"
     scheduler = build_scheduler(two)
     assert isinstance(scheduler, MultiObjectiveASHA)
-    assert scheduler.metrics == {"val_loss": "min", "adapter_params": "min"}  # accuracy's loss stand-in
+    assert scheduler.metrics == {"val_accuracy": "max", "adapter_params": "min"}  # the objectives themselves
+    assert scheduler.reduction_factor == 2
     chosen = spec_from_dict({"search": {"space": space, "early_stopping": {
-        "metrics": {"val_accuracy": "max", "adapter_params": "min"}}}})
-    assert build_scheduler(chosen).metrics == {"val_accuracy": "max", "adapter_params": "min"}
+        "metrics": {"val_loss": "min", "adapter_params": "min"}}}})
+    assert build_scheduler(chosen).metrics == {"val_loss": "min", "adapter_params": "min"}
 
 
 def test_bad_rung_metric_names_the_field():
