@@ -119,10 +119,16 @@ def replay_rows(seed: int, workdir: Path, replays: int) -> list[dict[str, Any]]:
     """Every replayed setting on the curves of this seed's search without stopping."""
     import yaml
 
-    from raysearch.tuner import build_scheduler
-
     experiment = yaml.safe_load((workdir / f"{name_of('none', seed)}.yaml").read_text())
     curves = efficiency.trial_curves(workdir / "results" / experiment["name"] / "tune")
+    return replay_on(experiment, curves, seed, replays)
+
+
+def replay_on(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], seed: int,
+              replays: int) -> list[dict[str, Any]]:
+    """Every replayed setting on these learning curves (each trial's results, in start order)."""
+    from raysearch.tuner import build_scheduler
+
     reference = reference_of(curves)
     finished = [(c[-1]["val_accuracy"], float(c[-1]["adapter_params"])) for c in curves if efficiency.ran_to_end(c[-1])]
     none = {"trial_steps": sum(int(c[-1].get("step", 0)) for c in curves), "hv": front_hypervolume(finished, reference),

@@ -42,10 +42,11 @@ def test_adapter_step_cost_quick(capsys):
 def test_search_efficiency_table_quick(capsys):
     rows = load("search_efficiency").main(["--quick", "--part", "table"])
     curves = [r for r in rows if r["part"] == "hypervolume"]
-    assert {(r["sampler"], r["k"]) for r in curves} == {(s, k) for s in ("tpe", "nsga2", "random") for k in (2, 4, 8)}
+    samplers = ("tpe", "nsga2", "random", "tpe/startup=3", "tpe/startup=5")
+    assert {(r["sampler"], r["k"]) for r in curves} == {(s, k) for s in samplers for k in (2, 4, 8)}
     assert all(0.0 <= r["mean"] <= 1.0 for r in curves)  # a fraction of the whole table's hypervolume
     reach = [r for r in rows if r["part"] == "reach"]
-    assert sorted(r["sampler"] for r in reach) == ["nsga2", "random", "tpe"]
+    assert sorted(r["sampler"] for r in reach) == sorted(samplers)
     assert all(len(r["per_seed"]) == 3 for r in reach)
     assert not [r for r in rows if r["part"] == "asha"]
     assert "lookup table: 4 configurations" in capsys.readouterr().out
@@ -102,6 +103,53 @@ def test_asha_replay_runs_raysearchs_scheduler_on_recorded_curves():
         assert by_setting[setting]["recorded_steps"] == 1.0 and by_setting[setting]["recorded_points"] == 0.0
     assert "the trial that ends best (0.9000) ranks 3 of 3 by its first val_loss" in module.first_evaluation(
         synthetic_curves())
+
+
+def test_early_stopping_replay_compares_asha_and_moasha_on_the_front():
+    """Four trials of two evaluations, one at a time: the 100-parameter adapter has the worst
+    first loss and accuracy but ends on the front. ASHA on val_loss stops it at rung 1;
+    MOASHA keeps it (fewest parameters), so its front keeps all of no stopping's hypervolume."""
+    module = load("early_stopping")
+    harness = sys.modules["harness"]
+
+    def curve(first_loss, first_accuracy, final_accuracy, params):
+        return [{"evaluation": e, "step": 10 * e, "val_loss": loss, "val_accuracy": accuracy, "adapter_params": params,
+                 "final": e == 2, "time_this_iter_s": 1.0}
+                for e, loss, accuracy in ((1, first_loss, first_accuracy), (2, 0.3, final_accuracy))]
+
+    # final front without stopping: trial 3 (0.78, 100), trial 1 (0.80, 4000), trial 2 (0.85, 8000);
+    # trial 4 (0.79, 6000) is dominated by trial 1
+    curves = [curve(0.5, 0.70, 0.80, 4000), curve(0.4, 0.75, 0.85, 8000), curve(0.7, 0.60, 0.78, 100),
+              curve(0.45, 0.72, 0.79, 6000)]
+    search = {"sampler": "random", "num_trials": 4, "max_concurrent": 1, "space": {"rank": {"choice": [2, 4]}}}
+    experiment = harness.experiment("replay", harness.SST2, harness.Sizes(train_examples=64, eval_examples=32), search)
+    rows = {r["scheduler"]: r for r in module.replay_on(experiment, curves, seed=0, replays=3)}
+    asha, moasha = rows["asha val_loss eta=2 g=1"], rows["moasha acc+params eta=2 g=1"]
+    # ASHA (Tune's: above the median of those before it): 2 passes, 3 stopped (below 1 and 2), 4 passes
+    assert asha["trial_steps"] == 20 + 20 + 10 + 20 and asha["steps_ratio"] == pytest.approx(70 / 80)
+    assert asha["hv_ratio"] < 0.99 and asha["points"] == 0.0
+    # MOASHA: 3 is an end of the rung's front (fewest parameters) and goes on; 4, inside the
+    # front of four, is stopped
+    assert moasha["trial_steps"] == 20 + 20 + 20 + 10 and moasha["hv_ratio"] == pytest.approx(1.0)
+    assert moasha["points"] == 0.0 and moasha["targets_met"] is False  # 0.875 of the steps
+    assert moasha["jittered_targets_met"] == 0.0
+
+
+def test_search_vs_default_runs_the_files_default_first():
+    """The default run and the search's first trial are the same configuration."""
+    module = load("search_vs_default")
+    harness = sys.modules["harness"]
+    from raysearch.space import default_point
+    from raysearch.spec import spec_from_dict
+    from raysearch.tuner import file_defaults
+
+    search = spec_from_dict(module.experiment("s", 0, {"sampler": "tpe", "num_trials": 8, "space": module.SPACE},
+                                              harness.SST2, quick=True))
+    alone = spec_from_dict(module.experiment("d", 0, module.default_search(), harness.SST2, quick=True))
+    first = default_point(search.search.space, file_defaults(search))
+    assert first == {name: dim.choice[0] for name, dim in alone.search.space.items()}
+    assert first == {"variant": "lora", "rank": 16, "lr": 5e-4, "target": "all_linear"}
+    assert search.task.test_fraction == alone.task.test_fraction > 0
 
 
 # The quick modes that run `raysearch run`: one Ray start per search costs tens of seconds
