@@ -298,7 +298,7 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
         trial_steps += int(result.get("step", 0))
         if ran_to_end(result):
             finals.append(result["val_accuracy"])
-            finished.append((result["val_accuracy"], float(result["adapter_params"])))
+            finished.append((result["val_accuracy"], float(result.get("adapter_params", "nan"))))
         if waiting:
             start(waiting.pop(), now)
     return {"trial_steps": trial_steps, "best_val_accuracy": max(finals, default=float("nan")), "finished": finished}

@@ -315,7 +315,7 @@ def test_causal_lm_spec_errors_name_the_field_and_the_fix():
     assert "not a valid regular expression" in problems["task.answer_pattern"]
     assert "must be > 0" in problems["task.max_new_tokens"]
     assert "'auto', 'bf16' or 'fp32'" in problems["task.precision"]
-    assert "'attention' or 'attention_mlp'" in problems["task.target"]
+    assert "'attention', 'attention_mlp' or 'all_linear'" in problems["task.target"]
     problems = _problems({**CAUSAL, "model": "builtin:minilm", "task": {**CAUSAL["task"], "metric": "accuracy",
                                                                           "text_fields": ["sentence"]}})
     assert problems["task.metric"] == "task.type causal_lm reports 'answer_accuracy'"
