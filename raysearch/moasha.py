@@ -21,6 +21,9 @@ Tune scheduler, through Tune's public `FIFOScheduler` hooks:
   their rank schedule still shrinks the adapter) is not judged: its rank there would compare
   a half-pruned adapter; it is judged at the highest rung it has reached once its budget
   has settled (trainables/adapters/base.py `budget_settles_at`);
+- the experiment file's own configuration (`search.start_with_defaults`, the first trial) is
+  recorded at each rung but never stopped: a search always holds that configuration trained
+  to the end, so its best trial is never one a cut default would have beaten;
 - Tune neither saves nor restores a scheduler's state with its experiment, so the rungs are
   written to `state_file` (atomically) after each decision and read back after a resume:
   trials restored by `raysearch resume` are judged against the same rungs.
@@ -34,11 +37,18 @@ from typing import Any, Mapping
 import moocore
 import numpy as np
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from raysearch import storage
 
 SETTLED_KEY = "budget_settled"  # in a trial's result: false while its rank schedule still prunes
+
+
+def runs_to_the_end(trial: Any, point: Mapping[str, Any] | None) -> bool:
+    """Whether the trial is the experiment file's own configuration (`point`, what the study
+    was given first), which early stopping records but never stops."""
+    config = getattr(trial, "config", None) or {}
+    return bool(point) and all(name in config and config[name] == value for name, value in point.items())
 
 
 def crowding_distance(points: np.ndarray) -> np.ndarray:
@@ -87,7 +97,8 @@ class MultiObjectiveASHA(FIFOScheduler):
     """Stops trials at rungs by non-dominated sorting on `metrics` (name -> "max"/"min")."""
 
     def __init__(self, metrics: Mapping[str, str], time_attr: str = "evaluation", grace_period: int = 1,
-                 reduction_factor: float = 3, max_t: int = 10_000, state_file: tuple[str, str] | None = None) -> None:
+                 reduction_factor: float = 3, max_t: int = 10_000, state_file: tuple[str, str] | None = None,
+                 protected: Mapping[str, Any] | None = None) -> None:
         if not metrics or any(sense not in ("max", "min") for sense in metrics.values()):
             raise ValueError(f"metrics must map names to 'max' or 'min', got {dict(metrics)}")
         if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
@@ -99,6 +110,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         count = int(math.log(max_t / grace_period) / math.log(reduction_factor)) + 1
         self.milestones = [grace_period * reduction_factor ** k for k in range(count)]
         self.state_file = state_file  # (folder location, file name); None: kept in memory only
+        self.protected = dict(protected) if protected else None  # the file's own configuration
         self._rungs: dict[float, dict[str, list[float]]] | None = None  # loaded lazily (after a restore)
         self.stopped = 0
 
@@ -144,7 +156,7 @@ class MultiObjectiveASHA(FIFOScheduler):
             return None
         return [float(v) for v in values]
 
-    def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
+    def decide(self, trial_id: str, result: Mapping[str, Any], protected: bool = False) -> str:
         """Record the trial at the highest rung it has reached and not been judged at, and say
         whether it goes on. Results without a finite value of every metric, or with an
         unsettled budget, are not judged."""
@@ -157,7 +169,7 @@ class MultiObjectiveASHA(FIFOScheduler):
                 continue
             recorded[trial_id] = vector
             # its last evaluation is recorded for the trials after it, but there is nothing to stop
-            go_on = bool(result.get("final")) or promoted(recorded, list(self.metrics.values()), trial_id,
+            go_on = protected or bool(result.get("final")) or promoted(recorded, list(self.metrics.values()), trial_id,
                                                            self.reduction_factor)
             self.stopped += not go_on
             self._persist()
@@ -165,12 +177,25 @@ class MultiObjectiveASHA(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
-        return self.decide(trial.trial_id, result)
+        return self.decide(trial.trial_id, result, runs_to_the_end(trial, self.protected))
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         if result:
-            self.decide(trial.trial_id, result)
+            self.decide(trial.trial_id, result, runs_to_the_end(trial, self.protected))
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{m:g}: {len(r)}" for m, r in sorted(self.rungs.items()) if r)
         return f"MultiObjectiveASHA on {self.metrics}: {self.stopped} stopped; trials at rungs {{{rungs}}}"
+
+
+class DefaultKeepingASHA(ASHAScheduler):
+    """Tune's ASHA, except that the experiment file's own configuration (`protected`) is
+    recorded at each rung but never stopped (see `runs_to_the_end`)."""
+
+    def __init__(self, *args: Any, protected: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.protected = dict(protected) if protected else None
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if runs_to_the_end(trial, self.protected) else action

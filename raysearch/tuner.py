@@ -12,14 +12,14 @@ from typing import Any, Sequence
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from raysearch import storage
 from raysearch.cluster import ClusterInfo, ClusterSetupError, check_address, describe_cluster
 from raysearch.space import default_point, define_by_run, grid_points, make_sampler, num_trials_for
-from raysearch.moasha import MultiObjectiveASHA
+from raysearch.moasha import DefaultKeepingASHA, MultiObjectiveASHA
 from raysearch.spec import DEFAULT_STORAGE, Spec, rung_metrics
 from trainables.trial import run_trial
 
@@ -253,9 +253,10 @@ def build_searcher(spec: Spec, storage_dir: str, concurrency: int) -> Concurrenc
 MOASHA_STATE = "moasha.json"  # in the search's folder: the rungs, read back by a resumed search
 
 
-def build_scheduler(spec: Spec, storage_dir: str | None = None) -> ASHAScheduler | MultiObjectiveASHA | FIFOScheduler:
+def build_scheduler(spec: Spec, storage_dir: str | None = None) -> DefaultKeepingASHA | MultiObjectiveASHA | FIFOScheduler:
     """The search's early stopping. `storage_dir`: where MOASHA keeps its rungs (Tune does not
-    save a scheduler with its experiment state); None keeps them in memory."""
+    save a scheduler with its experiment state); None keeps them in memory. Either scheduler
+    lets the file's own configuration (start_with_defaults) run to the end."""
     stopping = spec.search.early_stopping
     if stopping.scheduler == "none":
         return FIFOScheduler()
@@ -263,10 +264,13 @@ def build_scheduler(spec: Spec, storage_dir: str | None = None) -> ASHAScheduler
     # training_iteration starts again at 1 when a resumed search restarts the function.
     clock = {"time_attr": "evaluation", "grace_period": stopping.grace_period,
              "reduction_factor": stopping.reduction_factor, "max_t": 10_000}
+    protected = (default_point(spec.search.space, file_defaults(spec))
+                 if spec.search.start_with_defaults and spec.search.sampler != "grid" else None)
     if stopping.scheduler == "moasha":
-        return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock,
+        return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock, protected=protected,
                                   state_file=(str(storage_dir), MOASHA_STATE) if storage_dir is not None else None)
-    return ASHAScheduler(metric=stopping.metric, mode="min" if stopping.metric.endswith("loss") else "max", **clock)
+    return DefaultKeepingASHA(metric=stopping.metric, mode="min" if stopping.metric.endswith("loss") else "max",
+                              protected=protected, **clock)
 
 
 class PruneFinishedCheckpoints(tune.Callback):

@@ -155,3 +155,42 @@ def test_bad_rung_metric_names_the_field():
         (spec_from_dict({"search": {"space": {"rank": {"choice": [4]}},
                                               "early_stopping": {"metrics": {"val_acc": "max"}}}}))
     assert "search.early_stopping.metrics.val_acc" in str(error.value)
+
+
+class ConfiguredTrial(FakeTrial):
+    def __init__(self, trial_id: str, config: dict) -> None:
+        super().__init__(trial_id)
+        self.config = config
+
+
+def test_the_files_own_configuration_is_recorded_but_never_stopped():
+    """start_with_defaults: the first trial is the file's configuration; MOASHA and ASHA record
+    it at their rungs (others are compared with it) but let it run to the end, so the search
+    always holds the default fully trained."""
+    from raysearch.moasha import DefaultKeepingASHA
+
+    default = {"variant": "lora", "rank": 16, "lr": 5e-4}
+    for scheduler in (MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, protected=default),
+                      DefaultKeepingASHA(metric="val_loss", mode="min", time_attr="evaluation", grace_period=1,
+                                         reduction_factor=2, max_t=100, protected=default)):
+        trials = {"a": ConfiguredTrial("a", {**default, "rank": 4}), "d": ConfiguredTrial("d", dict(default)),
+                  "x": ConfiguredTrial("x", {**default, "lr": 6e-4})}
+        for trial in trials.values():
+            scheduler.on_trial_add(None, trial)
+        first = {"evaluation": 1, "val_loss": 0.5, "adapter_params": 100}
+        assert scheduler.on_trial_result(None, trials["a"], first) == GO
+        worse = {"evaluation": 1, "val_loss": 0.9, "adapter_params": 900}
+        assert scheduler.on_trial_result(None, trials["d"], worse) == GO  # the default: dominated, kept
+        assert scheduler.on_trial_result(None, trials["x"], worse) == STOP  # the same numbers, another config
+    moasha = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, protected=default)
+    moasha.on_trial_result(None, ConfiguredTrial("d", dict(default)), {"evaluation": 1, "val_loss": 0.9,
+                                                                       "adapter_params": 900})
+    assert "d" in moasha.rungs[1] and moasha.stopped == 0  # recorded, for the trials after it
+
+
+def test_the_scheduler_is_told_the_files_configuration():
+    space = {"rank": {"choice": [4, 16]}, "lr": {"loguniform": [1e-4, 1e-2]}}
+    spec = spec_from_dict({"adapter": {"rank": 16}, "train": {"lr": 5e-4}, "search": {"space": space}})
+    assert build_scheduler(spec).protected == {"rank": 16, "lr": 5e-4}
+    off = spec_from_dict({"search": {"space": space, "start_with_defaults": False}})
+    assert build_scheduler(off).protected is None
