@@ -40,9 +40,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900
 
-# Every benchmark's full run, one after another (about 2 h on 2 CPU cores); what each
+# Every benchmark's full run, one after another (about 3 h on 2 CPU cores); what each
 # prints is kept in benchmarks/results/<name>.txt, the numbers docs/benchmarks.md quotes.
-BENCHMARKS := adapter_step_cost overhead search_efficiency rora_rank_sweep smol_table
+BENCHMARKS := adapter_step_cost overhead search_efficiency early_stopping search_vs_default rora_rank_sweep smol_table
 bench: SHELL := /bin/bash
 bench: $(STAMP)
 	mkdir -p benchmarks/results
