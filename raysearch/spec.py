@@ -397,7 +397,8 @@ class SearchSpec(_Model):
     """Sampler seed."""
     startup_trials: int | None = Field(None, ge=1)
     """tpe: trials sampled at random before TPE's model takes over (Optuna's n_startup_trials);
-    None: Optuna's default, 10. The file's own configuration (start_with_defaults) counts as one."""
+    None: Optuna's default, 10, best for ~8 trials; 5 did better at 16 (docs/benchmarks.md §3).
+    The file's own configuration (start_with_defaults) counts as one."""
     fail_fast: int = Field(3, ge=0)
     """Stop the search when the first this-many trials to end all failed with the same error
     (a bad setting would fail every trial the same way); 0: never."""
