@@ -221,16 +221,24 @@ def _new_study(journal: optuna.storages.BaseStorage, name: str) -> bool:
         return True
 
 
+def file_point(spec: Spec) -> dict[str, Any] | None:
+    """The experiment file's own configuration as a point of the space, when the search starts
+    with it (search.start_with_defaults; never for `grid`): what the study is given first and
+    what early stopping lets run to the end."""
+    search = spec.search
+    if not search.start_with_defaults or search.sampler == "grid":
+        return None
+    return default_point(search.space, file_defaults(spec)) or None
+
+
 def first_points(spec: Spec, journal: optuna.storages.BaseStorage) -> list[dict[str, Any]] | None:
     """What the study is given to try first: the grid's points, or the file's own configuration
     (search.start_with_defaults) in a study that has no trials yet."""
     search = spec.search
     if search.sampler == "grid":
         return grid_points(search.space)
-    if search.start_with_defaults and _new_study(journal, spec.name):
-        point = default_point(search.space, file_defaults(spec))
-        return [point] if point else None
-    return None
+    point = file_point(spec)
+    return [point] if point and _new_study(journal, spec.name) else None
 
 
 def build_searcher(spec: Spec, storage_dir: str, concurrency: int) -> ConcurrencyLimiter:
@@ -264,8 +272,7 @@ def build_scheduler(spec: Spec, storage_dir: str | None = None) -> DefaultKeepin
     # training_iteration starts again at 1 when a resumed search restarts the function.
     clock = {"time_attr": "evaluation", "grace_period": stopping.grace_period,
              "reduction_factor": stopping.reduction_factor, "max_t": 10_000}
-    protected = (default_point(spec.search.space, file_defaults(spec))
-                 if spec.search.start_with_defaults and spec.search.sampler != "grid" else None)
+    protected = file_point(spec)
     if stopping.scheduler == "moasha":
         return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock, protected=protected,
                                   state_file=(str(storage_dir), MOASHA_STATE) if storage_dir is not None else None)
