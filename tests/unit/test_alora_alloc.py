@@ -110,13 +110,22 @@ def test_open_prefers_never_live_slots_then_the_longest_closed(tiny_bert_dir):
     assert adapter.open_slot(layer, gate) == 0
 
 
-def test_importance_of_a_rank_with_zero_B_column_is_zero(tiny_bert_dir):
-    adapter, model = attached(tiny_bert_dir)
+def random_B(adapter: ALoRA, model) -> None:
+    """A B that matters (a few steps on a random tiny BERT barely move the loss), and a head that
+    lets it show (the random head, std 0.02, keeps every logit near 0 whatever the ranks do)."""
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a B that matters (a few steps on a random tiny BERT barely move the loss)
+    with torch.no_grad():
         for _, layer, _ in adapter.gates(model):
             B = layer.lora_B["default"].weight
             B.copy_(torch.randn(B.shape, generator=g))
+        head = model.base_model.model.classifier.modules_to_save["default"].weight
+        head.copy_(torch.randn(head.shape, generator=g))
+
+
+def test_importance_of_a_rank_with_zero_B_column_is_zero(tiny_bert_dir):
+    adapter, model = attached(tiny_bert_dir)
+    random_B(adapter, model)
+    with torch.no_grad():
         name, layer, _ = next(adapter.gates(model))
         layer.lora_B["default"].weight[:, 1] = 0.0
     importance = adapter.importance(model)
@@ -141,6 +150,69 @@ def test_batched_scores_equal_one_forward_per_variant(tiny_bert_dir):
     model.eval()
     with torch.no_grad():
         assert float(s_full) == pytest.approx(-float(model(**batch(99)).loss), abs=1e-5)
+
+
+def val_loss(model, gate=None, mask: torch.Tensor | None = None) -> float:
+    """The model's own loss (transformers' head, `labels=`) on the validation batch, in eval mode,
+    with one module's mask replaced if given (and put back)."""
+    saved = None if gate is None else gate.mask.clone()
+    if gate is not None:
+        gate.mask.copy_(mask)
+    try:
+        with torch.no_grad():
+            return float(model.eval()(**batch(99)).loss)
+    finally:
+        if gate is not None:
+            gate.mask.copy_(saved)
+
+
+def test_importance_is_what_removing_a_rank_costs_in_validation_loss(tiny_bert_dir):
+    """IS(k) recomputed here with one plain forward per mask and the model's own loss:
+    IS(k) = [L(M∖k) − L(M)] + [L(m ← ∅) − L(m ← {k})], i.e. S = −loss. A rank the model needs
+    (the loss rises without it) scores high, a rank that hurts (the loss falls without it) scores
+    below zero; a round (n_A = 2) switches off the two lowest of these scores."""
+    adapter, model = attached(tiny_bert_dir)
+    random_B(adapter, model)
+    full = val_loss(model)
+    expected = {}
+    for name, _, gate in adapter.gates(model):
+        empty, expected[name] = val_loss(model, gate, torch.zeros_like(gate.mask)), {}
+        for k in gate.live_slots():
+            without, only = gate.mask.clone(), torch.zeros_like(gate.mask)
+            without[k], only[k] = 0.0, 1.0
+            expected[name][k] = ((val_loss(model, gate, without) - full)
+                                 + (empty - val_loss(model, gate, only)))
+    importance = adapter.importance(model)
+    assert importance.keys() == expected.keys()
+    for name in expected:
+        assert importance[name] == pytest.approx(expected[name], abs=1e-5), name
+    scores = sorted((v, (n, k)) for n, ranks in expected.items() for k, v in ranks.items())
+    assert scores[0][0] < -1e-2 and scores[-1][0] > 1e-2, "ranks that hurt and ranks that help: both signs"
+
+    done = adapter.reallocate(model, step=4)
+    assert [(n, k) for n, k, _ in done.closed] == [key for _, key in scores[:2]]
+
+
+def test_a_round_closes_the_lowest_scores_and_opens_slots_in_the_best_modules(tiny_bert_dir):
+    """With the scores fixed by hand: the n_A = 5 lowest IS (signed: −0.5 before 0.001, not by
+    size) are switched off, and five slots are opened, one at a time, in the modules that lost
+    none, highest mean IS first, round-robin (the best module gets the fifth)."""
+    adapter, model = attached(tiny_bert_dir, alora_ranks_per_round=5)
+    names = [name for name, _, _ in adapter.gates(model)]
+    means = [0.3, 0.6, 0.0, 0.5, 0.0, 0.9]  # module means, lowest scores aside: order 5, 1, 3, 0
+    scores = {name: {k: means[i] + 0.01 * k for k in range(4)} for i, name in enumerate(names)}
+    lowest = [(names[2], 1, -0.5), (names[4], 3, -0.2), (names[2], 3, -0.01), (names[4], 0, 0.0),
+              (names[2], 0, 0.001)]
+    for name, k, score in lowest:
+        scores[name][k] = score
+    adapter.importance = lambda model: scores
+    done = adapter.reallocate(model, step=4)
+    assert done.closed == lowest
+    assert done.opened == [(names[5], 4), (names[1], 4), (names[3], 4), (names[0], 4), (names[5], 5)]
+    live = {name: gate.live_slots() for name, _, gate in adapter.gates(model)}
+    assert live == {names[0]: [0, 1, 2, 3, 4], names[1]: [0, 1, 2, 3, 4], names[2]: [2],
+                    names[3]: [0, 1, 2, 3, 4], names[4]: [1, 2], names[5]: [0, 1, 2, 3, 4, 5]}
+    assert sum(map(len, live.values())) == BUDGET
 
 
 def test_ranks_move_and_counts_follow_the_live_ranks(tiny_bert_dir, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -66,6 +67,33 @@ def test_prepared_ranks_follow_the_formula_within_bounds_and_report_the_total(ti
     assert sum(sizes.values()) * 1 <= adapter.allocated_params <= sum(sizes.values()) * 10
     model = adapter.attach(base)
     assert adapter.rank_allocation(model) == adapter.ranks
+
+
+def test_importance_is_the_mean_of_weight_times_mean_gradient(tiny_bert_dir):
+    """I_i = mean|W_i ⊙ G_i| recomputed here from scratch (a fresh base, the mean loss of the same
+    8 batches, one backward, NumPy), not read back from `adapter.importance`; and the ranks
+    `prepare` allocates are the formula's ranks for these importances.
+
+    Checked per module, not only up to a common factor: the allocation is invariant to scaling
+    every I_i alike, and all six tiny-BERT projections have the same shape, so a sum instead of a
+    mean (or any other constant factor) would leave the ranks unchanged."""
+    adapter, _ = prepared(tiny_bert_dir, gora_r_min=1, gora_r_max=10)
+    reference = load_base(tiny_bert_dir)
+    (sum(reference(**b).loss for b in init_batches()) / len(init_batches())).backward()
+    modules = dict(reference.named_modules())
+    importance = {}
+    for name in adapter.ranks:
+        weight = modules[name].weight.detach().double().numpy()
+        grad = modules[name].weight.grad.double().numpy()
+        importance[name] = float(np.mean(np.abs(weight * grad)))
+        assert importance[name] != pytest.approx(float(np.mean(np.abs(grad)))), "W must weigh the gradient"
+    assert adapter.importance == pytest.approx(importance, rel=1e-4)
+
+    sizes = sizes_of(adapter, reference)
+    budget, total = 4 * sum(sizes.values()), sum(importance.values())
+    expected = {name: min(max(round(budget * imp / total / sizes[name]), 1), 10) for name, imp in importance.items()}
+    assert adapter.ranks == expected
+    assert len(set(expected.values())) > 1, "a uniform allocation would not tell importances apart"
 
 
 # -- (2) initialization -----------------------------------------------------------------
