@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -97,6 +98,30 @@ def test_expected_l0_matches_monte_carlo():
     assert gate.expected_l0().item() == pytest.approx(closed_form.sum().item())
 
 
+def test_temperature_and_stretch_pinned_by_hand(monkeypatch):
+    """β = 2/3, γ = −0.1, ζ = 1.1 (Louizos et al.), pinned with numbers worked out by hand rather
+    than from the module's constants (the Monte-Carlo check above holds for any β, since the
+    samples and the closed form share it):
+    - P(g ≠ 0 | log α = 0) = sigmoid(−β log(−γ/ζ)) = sigmoid((2/3) ln 11) = 1 / (1 + 11^(−2/3))
+      = 4.946087 / 5.946087 = 0.8318222 (11^(2/3) = e^(1.5985968) = 4.946087);
+    - a training sample at u = 0.75, log α = 0: sigmoid(ln(u / (1 − u)) / β) = sigmoid(1.5 ln 3)
+      = 3√3 / (3√3 + 1) = 5.196152 / 6.196152 = 0.8386095, stretched: 0.8386095 · 1.2 − 0.1 = 0.9063314;
+    - at u = 0.5, log α = 1: sigmoid(1 / β) = sigmoid(1.5) = 0.8175745, stretched 0.8810894.
+    With β = 1 these would be 0.9165 (= 1 − 1/12), 0.8 and 0.7773."""
+    gate = HardConcreteGate(2)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([0.0, 1.0]))
+    assert L0_SHIFT == pytest.approx(-1.5985968, abs=1e-6)
+    assert torch.sigmoid(-torch.tensor(L0_SHIFT)).item() == pytest.approx(0.8318222, abs=1e-6)
+    u = torch.tensor([0.75, 0.5])
+    monkeypatch.setattr(torch, "rand_like", lambda tensor: u.clone())
+    sample = gate.train()().detach()
+    torch.testing.assert_close(sample, torch.tensor([0.9063314, 0.8810894]), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        gate.log_alpha.zero_()
+    assert gate.expected_l0().item() == pytest.approx(2 * 0.8318222, abs=1e-6)
+
+
 def test_eval_gate_is_deterministic_and_open_at_init():
     gate = HardConcreteGate(4).eval()
     torch.testing.assert_close(gate(), torch.ones(4))  # log α = 3: the eval model starts as plain LoRA
@@ -118,6 +143,58 @@ def test_density_weights_modules_by_size(tiny_bert_dir):
                    for _, layer, gate in gates)
     slots = sum(8 * (layer.in_features + layer.out_features) for _, layer, _ in gates)
     assert adapter.density(model).item() == pytest.approx((expected / slots).item())
+
+
+def test_orthogonality_penalty_equals_its_singular_value_form(tiny_bert_dir):
+    """‖BᵀB − I‖²_F + ‖AAᵀ − I‖²_F = Σ_i (σ_i(B)² − 1)² + Σ_i (σ_i(A)² − 1)² (the eigenvalues of
+    BᵀB and AAᵀ are the squared singular values), computed here with NumPy's SVD in float64 on
+    random A and B, times β_orth, summed over the six modules: `extra_loss` outside the window
+    (step 1 of 10 with t_start = 0.1) is that penalty alone. At init B = 0 gives exactly r per module."""
+    adapter, model = attached(tiny_bert_dir, total_steps=10, orth_weight=0.3)
+
+    def by_svd() -> float:
+        total = 0.0
+        for _, layer, _ in adapter.gates(model):
+            for weight in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+                sigma = np.linalg.svd(weight.detach().double().numpy(), compute_uv=False)
+                total += float(np.sum((sigma ** 2 - 1.0) ** 2))
+        return 0.3 * total
+
+    assert not adapter.updating(1)
+    zero_b = sum(float(np.sum((np.linalg.svd(layer.lora_A["default"].weight.detach().double().numpy(),
+                                            compute_uv=False) ** 2 - 1.0) ** 2)) + 8.0
+                 for _, layer, _ in adapter.gates(model))
+    assert adapter.extra_loss(model, step=1).item() == pytest.approx(0.3 * zero_b, rel=1e-5)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer, _ in adapter.gates(model):
+            for weight in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+                weight.copy_(0.3 * torch.randn(weight.shape, generator=g))
+    assert adapter.extra_loss(model, step=1).item() == pytest.approx(by_svd(), rel=1e-5)
+
+
+def exported_density(path: Path, adapter: SaLoRA, model) -> float:
+    """The density of the adapter on disk: Σ r_m (d_in + d_out) over the exported modules, read off
+    the saved A and B shapes, over every module's slots (a module left out counts 0)."""
+    tensors = load_file(path / "adapter_model.safetensors")
+    live = sum(A.shape[0] * (A.shape[1] + tensors[key.replace("lora_A", "lora_B")].shape[0])
+               for key, A in tensors.items() if key.endswith("lora_A.weight"))
+    return live / sum(gate.slots * (layer.in_features + layer.out_features) for _, layer, gate in adapter.gates(model))
+
+
+def test_exported_density_is_measured_on_the_exported_adapter(tiny_bert_dir, tmp_path):
+    """`densities()["exported"]` is the density of what the export writes: counted here on the
+    saved tensors, with ranks pruned (g = 0), partly open (0 < g < 1) and one module left out."""
+    adapter, model = attached(tiny_bert_dir, total_steps=10)
+    gates = list(adapter.gates(model))
+    with torch.no_grad():  # eval gates: 0, 0, 0.22, 0.5, 0.65, 0.96, 1, 1 (rolled per module)
+        for i, (_, _, gate) in enumerate(gates):
+            gate.log_alpha.copy_(torch.tensor([-5.0, -3.0, -1.0, 0.0, 0.5, 2.0, 3.0, 6.0]).roll(i))
+        gates[1][2].log_alpha.fill_(-4.0)
+    adapter.export(model, tmp_path / "adapter")
+    on_disk = exported_density(tmp_path / "adapter", adapter, model)
+    assert on_disk == pytest.approx(5 * 6 / (6 * 8))  # 6 of 8 ranks live in 5 of the 6 (equal-sized) modules
+    assert adapter.densities(model)["exported"] == pytest.approx(on_disk)
 
 
 def test_param_groups_gates_and_multipliers(tiny_bert_dir):
@@ -181,13 +258,19 @@ def test_gates_and_multipliers_only_change_inside_the_window(tiny_bert_dir):
 
 
 @pytest.mark.parametrize("target", [0.3, 0.7])
-def test_final_density_lands_on_target(tiny_bert_dir, target, one_thread):
+def test_final_density_lands_on_target(tiny_bert_dir, tmp_path, target, one_thread):
     """The budget: after a small run C is within ±0.05 of b (800 steps, ~5 s on one core).
-    Measured here: 0.307 and 0.700; at 600 steps b = 0.2 still undershoots (0.04)."""
+    Measured here: 0.307 and 0.700; at 600 steps b = 0.2 still undershoots (0.04).
+    The exported density, counted on the adapter the export writes, is what `densities` reports;
+    at b = 0.3 the export does prune (0.25 measured here), at b = 0.7 every rank stays live (1.0)."""
     adapter, model = attached(tiny_bert_dir, total_steps=800, target_density=target)
     train(adapter, model, steps=800)
     densities = adapter.densities(model)
     assert densities["expected"] == pytest.approx(target, abs=0.05), densities
+    adapter.export(model, tmp_path / "adapter")
+    on_disk = exported_density(tmp_path / "adapter", adapter, model)
+    assert on_disk == pytest.approx(densities["exported"])
+    assert on_disk < 1.0 or target > 0.5, densities
 
 
 def test_export_equals_gated_model_in_eval(tiny_bert_dir, tmp_path):
