@@ -292,8 +292,21 @@ class PruneFinishedCheckpoints(tune.Callback):
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
+        self.swept = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        # Once per driver: a trial that ended just before a driver crash, before its own
+        # on_trial_complete could prune it, comes back from `raysearch resume` as ended.
+        if not self.swept:
+            self.swept = True
+            for trial in trials:
+                if trial.status == "TERMINATED":
+                    self.prune(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.prune(trial)
+
+    def prune(self, trial: Any) -> None:
         newest = getattr(trial, "checkpoint", None)
         if newest is None:
             return
@@ -305,6 +318,9 @@ class PruneFinishedCheckpoints(tune.Callback):
                              if info.type == fs.FileType.Directory and info.base_name.startswith("checkpoint_"))
         for path in checkpoints[:-self.keep]:
             filesystem.delete_dir(path)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # restored from Tune's state: a new driver sweeps again
+        self.keep, self.swept = state["keep"], False
 
 
 def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Sequence[tune.Callback]) -> tune.Tuner:

@@ -80,3 +80,31 @@ def test_target_is_a_search_dimension_that_sets_the_task_target(tmp_path):
     with pytest.raises(SpecError) as error:
         spec_from_dict({"search": {"space": {"target": {"choice": ["attention", "everything"]}}}})
     assert "search.space.target" in str(error.value) and "all_linear" in str(error.value)
+
+
+def test_a_resumed_driver_prunes_the_checkpoints_of_trials_that_ended_before_the_crash(tmp_path):
+    """A trial that ended just before the driver was killed never had its own on_trial_complete
+    prune; the resumed driver's first step does it, for ended trials only (the chaos test found
+    one with all 18 checkpoints left)."""
+    import pickle
+    from types import SimpleNamespace
+
+    from ray.train import Checkpoint
+
+    from raysearch.tuner import PruneFinishedCheckpoints
+
+    def trial(name: str, status: str) -> SimpleNamespace:
+        for index in range(5):
+            (tmp_path / name / f"checkpoint_{index:06d}").mkdir(parents=True)
+        return SimpleNamespace(status=status, checkpoint=Checkpoint(str(tmp_path / name / "checkpoint_000004")))
+
+    ended, running = trial("ended", "TERMINATED"), trial("running", "RUNNING")
+    pruner = pickle.loads(pickle.dumps(PruneFinishedCheckpoints(keep=2)))  # as Tune restores it
+    pruner.on_step_begin(1, [ended, running])
+    assert sorted(p.name for p in (tmp_path / "ended").iterdir()) == ["checkpoint_000003", "checkpoint_000004"]
+    assert len(list((tmp_path / "running").iterdir())) == 5
+    running.status = "TERMINATED"
+    pruner.on_step_begin(2, [ended, running])  # a sweep once per driver: on_trial_complete does the rest
+    assert len(list((tmp_path / "running").iterdir())) == 5
+    pruner.on_trial_complete(2, [ended, running], running)
+    assert sorted(p.name for p in (tmp_path / "running").iterdir()) == ["checkpoint_000003", "checkpoint_000004"]
