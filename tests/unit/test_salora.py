@@ -149,7 +149,7 @@ def test_orthogonality_penalty_equals_its_singular_value_form(tiny_bert_dir):
     """‖BᵀB − I‖²_F + ‖AAᵀ − I‖²_F = Σ_i (σ_i(B)² − 1)² + Σ_i (σ_i(A)² − 1)² (the eigenvalues of
     BᵀB and AAᵀ are the squared singular values), computed here with NumPy's SVD in float64 on
     random A and B, times β_orth, summed over the six modules: `extra_loss` outside the window
-    (step 1 of 10 with t_start = 0.1) is that penalty alone. At init B = 0 gives exactly r per module."""
+    (step 1 of 10 with t_start = 0.1) is that penalty alone, at init and after A and B are redrawn."""
     adapter, model = attached(tiny_bert_dir, total_steps=10, orth_weight=0.3)
 
     def by_svd() -> float:
@@ -161,10 +161,7 @@ def test_orthogonality_penalty_equals_its_singular_value_form(tiny_bert_dir):
         return 0.3 * total
 
     assert not adapter.updating(1)
-    zero_b = sum(float(np.sum((np.linalg.svd(layer.lora_A["default"].weight.detach().double().numpy(),
-                                            compute_uv=False) ** 2 - 1.0) ** 2)) + 8.0
-                 for _, layer, _ in adapter.gates(model))
-    assert adapter.extra_loss(model, step=1).item() == pytest.approx(0.3 * zero_b, rel=1e-5)
+    assert adapter.extra_loss(model, step=1).item() == pytest.approx(by_svd(), rel=1e-5)  # at init, B = 0
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, layer, _ in adapter.gates(model):
