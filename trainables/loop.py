@@ -86,6 +86,7 @@ def train(config: dict[str, Any], session: Session) -> None:
     inner = model.module if hasattr(model, "module") else model
 
     optimizer = torch.optim.AdamW(adapter.param_groups(inner, train_cfg["lr"], train_cfg["weight_decay"]))
+    clipped = clipped_parameters(inner, optimizer)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(train_cfg["warmup_ratio"] * total_steps), total_steps
     )
@@ -112,7 +113,7 @@ def train(config: dict[str, Any], session: Session) -> None:
                             "final": True})
             return
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(inner.parameters(), train_cfg["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(clipped, train_cfg["max_grad_norm"])
         optimizer.step()
         adapter.after_step(inner, step, batch)
         scheduler.step()
@@ -152,6 +153,15 @@ def train(config: dict[str, Any], session: Session) -> None:
                 report(session, metrics, lambda folder: save_training_state(
                     folder, model=inner, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
                     step=step, evaluations=evaluations))
+
+
+def clipped_parameters(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """What the loop clips: the model's parameters that the main optimizer steps, in model order.
+    A parameter an adapter steps itself in `after_step` keeps its raw gradient (SoRA's gates: the
+    paper's proximal step, whose band |∇g| ≤ λ is about the gradient itself; docs/variants.md,
+    "SoRA"), and one outside the model is not clipped either (SaLoRA's λ)."""
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return [p for p in model.parameters() if id(p) in stepped]
 
 
 def global_batches(

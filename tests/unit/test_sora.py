@@ -9,9 +9,11 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 from tiny_bert import ADAPTER_CONFIG, HIDDEN, N_LABELS, batch, export_and_reload, logits, train_steps
+from test_loop import FakeSession, worker_config
 from tiny_bert import attached as attach_tiny
 from transformers import get_linear_schedule_with_warmup
 
+from trainables import loop
 from trainables.adapters import ADAPTERS
 from trainables.adapters.sora import SoRA, SoRAOptions, soft_threshold
 
@@ -140,6 +142,44 @@ def test_gates_are_not_in_the_main_optimizer(tiny_bert_dir):
     assert gate_ids and not gate_ids & grouped
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert grouped | gate_ids == trainable, "A, B and the head are all in the main optimizer"
+
+
+def test_the_loop_clips_the_rest_but_steps_the_gates_on_their_raw_gradient(tiny_model_dir, tmp_path, monkeypatch):
+    """The paper's update is g ← prox(g − η ∇g) on the gradient itself, so the loop clips only what
+    its AdamW steps (docs/variants.md, "SoRA"). Run through the real loop with max_grad_norm = 1e-4,
+    which binds at every step: at `after_step` the other gradients have norm 1e-4 while every gate's
+    gradient is, bit for bit, the one backward produced (read by a hook on the gate). Clipped with
+    the rest, the gate step would shrink by the clip factor c and the band would become |∇g| > λ/c."""
+    raw: dict[str, torch.Tensor] = {}
+    seen: list[tuple[float, dict[str, tuple[torch.Tensor, torch.Tensor]]]] = []
+    attach, after_step = SoRA.attach, SoRA.after_step
+
+    def attach_and_watch(self, model):
+        model = attach(self, model)
+        for name, _, gate in self.gates(model):
+            gate.weight.register_hook(lambda grad, name=name: raw.__setitem__(name, grad.detach().clone()))
+        return model
+
+    def look_then_step(self, model, step, batch):
+        gates = {name: gate.weight for name, _, gate in self.gates(model)}
+        others = [p.grad for p in model.parameters()
+                  if p.grad is not None and all(p is not g for g in gates.values())]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in others])))
+        seen.append((norm, {name: (g.grad.clone(), raw[name]) for name, g in gates.items()}))
+        after_step(self, model, step, batch)
+
+    monkeypatch.setattr(SoRA, "attach", attach_and_watch)
+    monkeypatch.setattr(SoRA, "after_step", look_then_step)
+    config = worker_config(tiny_model_dir, tmp_path, variant="sora")
+    config["train"]["max_grad_norm"] = 1e-4
+    loop.run_loop(config, FakeSession(tmp_path / "session"))
+    assert len(seen) == 12  # 96 examples / batch 8
+    for norm, gates in seen:
+        assert norm == pytest.approx(1e-4, rel=1e-3), "the clip binds on A, B and the head"
+        for name, (grad, unclipped) in gates.items():
+            assert torch.equal(grad, unclipped), name
+    assert any(unclipped.abs().max() > 1e-6 for _, gates in seen for _, unclipped in gates.values()), \
+        "B (so ∇g) is 0 until the first step with a nonzero lr: later gate gradients must not be"
 
 
 def test_gate_lr_follows_the_main_schedule(tiny_bert_dir):
