@@ -13,19 +13,188 @@ models conditional dimensions without inventing values for inactive ones).
 """
 from __future__ import annotations
 
+import math
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
-import optuna
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-if TYPE_CHECKING:
-    from raysearch.spec import Dimension, SearchSpec
+from raysearch.problems import Problem, StrictModel
+
+if TYPE_CHECKING:  # optuna is imported where it is used: reading a file should not pay for it
+    import optuna
+
+    from raysearch.sections import SearchSpec
+
+SCALAR_TYPES = (str, int, float, bool, type(None))  # what Optuna's suggest_categorical accepts
+
+
+class Dimension(StrictModel):
+    """One search dimension: exactly one of `choice`, `uniform`, `loguniform`, `int`."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+    mapping_help: ClassVar[str] = ("must be a mapping like {choice: [...]}, {uniform: [low, high]}, "
+                                   "{loguniform: [low, high]} or {int: [low, high]}")
+
+    choice: list[Any] | None = None
+    """Categorical values (strings, numbers, booleans)."""
+    uniform: tuple[float, float] | None = None
+    """Float range [low, high]."""
+    loguniform: tuple[float, float] | None = None
+    """Float range [low, high] sampled on a log scale; low > 0."""
+    int_: tuple[int, int] | None = Field(None, alias="int")
+    """Integer range [low, high], both included."""
+    log: bool = False
+    """Sample `uniform`/`int` on a log scale."""
+    step: float | None = None
+    """Discretization step for `uniform`/`int`; cannot be combined with `log`."""
+    when: dict[str, list[Any]] | None = None
+    """Sample this dimension only when each named `choice` dimension took one of the listed values."""
+
+    @field_validator("choice")
+    @classmethod
+    def _check_choice(cls, values: list[Any] | None) -> list[Any] | None:
+        if values is None:
+            return values
+        if not values:
+            raise ValueError("must list at least one value")
+        for value in values:
+            if not isinstance(value, SCALAR_TYPES):
+                raise ValueError(f"values must be strings, numbers or booleans, got {value!r}")
+        return values
+
+    @field_validator("uniform", "loguniform", "int_", mode="before")
+    @classmethod
+    def _check_pair(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != 2):
+            raise ValueError("must be a list [low, high]")
+        return value
+
+    @field_validator("uniform", "loguniform")
+    @classmethod
+    def _check_float_range(cls, value: tuple[float, float] | None, info: Any) -> Any:
+        if value is None:
+            return value
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError("low and high must be finite numbers")
+        if info.field_name == "loguniform" and low <= 0:
+            raise ValueError(f"low must be > 0 for a log scale, got {low}")
+        if low >= high:
+            raise ValueError(f"low must be < high, got [{low}, {high}]")
+        return value
+
+    @field_validator("int_")
+    @classmethod
+    def _check_int_range(cls, value: tuple[int, int] | None) -> Any:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"low must be <= high, got [{value[0]}, {value[1]}]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Dimension:
+        given = [k for k in ("choice", "uniform", "loguniform", "int") if self._raw(k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of choice, uniform, loguniform, int (got {', '.join(given) or 'none'})"
+            )
+        kind = given[0]
+        if self.log and kind not in ("uniform", "int"):
+            raise ValueError(f"`log` applies to `uniform` and `int` only (`{kind}` given)")
+        if self.step is not None:
+            if kind not in ("uniform", "int"):
+                raise ValueError(f"`step` applies to `uniform` and `int` only (`{kind}` given)")
+            if self.log:
+                raise ValueError("Optuna cannot combine `log: true` with `step`; drop one of them")
+            if self.step <= 0 or (kind == "int" and self.step != int(self.step)):
+                raise ValueError(f"`step` must be a positive {'integer' if kind == 'int' else 'number'}, got {self.step}")
+        if self.log and kind != "loguniform":
+            low = self.bounds[0]
+            if (kind == "int" and low < 1) or (kind == "uniform" and low <= 0):
+                raise ValueError(f"`log: true` needs low {'>= 1' if kind == 'int' else '> 0'}, got {low}")
+        return self
+
+    def _raw(self, kind: str) -> Any:
+        return self.int_ if kind == "int" else getattr(self, kind)
+
+    @property
+    def kind(self) -> Literal["choice", "uniform", "loguniform", "int"]:
+        """Which of the four forms this dimension uses."""
+        for kind in ("choice", "uniform", "loguniform", "int"):
+            if self._raw(kind) is not None:
+                return kind  # type: ignore[return-value]
+        raise AssertionError("validated Dimension has no kind")
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a range dimension."""
+        value = self._raw(self.kind)
+        if self.kind == "choice":
+            raise TypeError("a choice dimension has no bounds")
+        return value[0], value[1]
+
+    @property
+    def is_log(self) -> bool:
+        return self.kind == "loguniform" or self.log
+
+
+
+def when_problems(space: dict[str, Dimension]) -> list[Problem]:
+    problems = []
+    for name, dim in space.items():
+        for key, values in (dim.when or {}).items():
+            path = f"search.space.{name}.when.{key}"
+            parent = space.get(key)
+            if key == name:
+                problems.append(Problem(path, values, "a dimension cannot depend on itself"))
+            elif parent is None:
+                problems.append(Problem(path, values, f"no dimension named '{key}'; `when` can name: "
+                                        + ", ".join(n for n, d in space.items() if d.kind == "choice" and n != name)))
+            elif parent.kind != "choice":
+                problems.append(Problem(path, values, f"'{key}' is a `{parent.kind}` dimension; `when` can only name `choice` dimensions"))
+            elif not values:
+                problems.append(Problem(path, values, f"must list at least one of {parent.choice}"))
+            else:
+                for i, value in enumerate(values):
+                    if value not in parent.choice:  # type: ignore[operator]
+                        problems.append(Problem(f"{path}[{i}]", value, f"not a choice of '{key}'; choices: {parent.choice}"))
+    if not problems:
+        cycle = _find_cycle(space)
+        if cycle:
+            problems.append(Problem(f"search.space.{cycle[0]}.when", space[cycle[0]].when,
+                                    "`when` conditions form a cycle: " + " -> ".join(cycle)))
+    return problems
+
+
+def _find_cycle(space: dict[str, Dimension]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+
+    def visit(name: str, stack: list[str]) -> list[str] | None:
+        if state.get(name) == 1:
+            return stack[stack.index(name):] + [name]
+        if state.get(name) == 2 or name not in space:
+            return None
+        state[name] = 1
+        for parent in space[name].when or {}:
+            found = visit(parent, stack + [name])
+            if found:
+                return found
+        state[name] = 2
+        return None
+
+    for name in space:
+        found = visit(name, [])
+        if found:
+            return found
+    return None
+
+
 
 
 def dependency_order(space: dict[str, Dimension]) -> list[str]:
     """Dimension names with every dimension named in a `when` before its dependents.
 
-    Stable: otherwise the file's order. Assumes no cycles (spec.py rejects them).
+    Stable: otherwise the file's order. Assumes no cycles (`when_problems` rejects them).
     """
     ordered: list[str] = []
 
@@ -147,6 +316,8 @@ def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
     evaluate, and the random sampler only fills the range dimensions. (Optuna's
     GridSampler cannot express conditional dimensions.)
     """
+    import optuna
+
     seed = search.seed
     if search.sampler == "tpe":
         # multivariate+group model the joint and conditional structure; constant_liar keeps
@@ -165,6 +336,7 @@ def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
 
 
 __all__ = [
+    "Dimension",
     "contains",
     "default_point",
     "define_by_run",
@@ -174,4 +346,5 @@ __all__ = [
     "make_sampler",
     "num_trials_for",
     "sample_config",
+    "when_problems",
 ]

@@ -206,9 +206,9 @@ def file_defaults(spec: Spec) -> dict[str, Any]:
     """What the experiment file itself says for each possible dimension: its `adapter:` and
     `train:` values, `task.target`, and the options of its `adapter.variant` (the variant's own
     defaults where the file sets none)."""
-    from raysearch.spec import _adapters
+    from raysearch.checks import registry
 
-    variant = _adapters().get(spec.adapter.variant)
+    variant = registry().get(spec.adapter.variant)
     options = {name: field.default for name, field in variant.options.model_fields.items()} if variant else {}
     return {**options, **spec.adapter.model_dump(), **spec.train.model_dump(), "target": spec.task.target}
 

@@ -7,9 +7,10 @@ from typing import Any
 import optuna
 import pytest
 
-import raysearch.spec as spec_module
+import raysearch.checks as checks_module
 from raysearch.space import define_by_run, dependency_order, grid_points, make_sampler, num_trials_for
-from raysearch.spec import Dimension, SearchSpec
+from raysearch.sections import SearchSpec
+from raysearch.space import Dimension
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -26,7 +27,7 @@ class _SoRA:
 
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec_module, "ADAPTERS", {"lora": _LoRA, "dora": _LoRA, "sora": _SoRA})
+    monkeypatch.setattr(checks_module, "ADAPTERS", {"lora": _LoRA, "dora": _LoRA, "sora": _SoRA})
 
 
 def space_of(raw: dict[str, Any]) -> dict[str, Dimension]:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-import raysearch.spec as spec_module
+import raysearch.checks as checks_module
 from trainables.adapters.base import Options
 from raysearch.spec import Problem, Spec, SpecError, load_spec, spec_from_dict
 
@@ -43,7 +43,7 @@ FAKE_ADAPTERS = {"lora": _Variant, "dora": _Variant, "loraplus": _Variant, "rora
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     # A fixed registry (with a SoRA-like variant owning `sparsity_lambda`) so these tests
     # don't change meaning when variants are added to trainables/adapters.
-    monkeypatch.setattr(spec_module, "ADAPTERS", FAKE_ADAPTERS)
+    monkeypatch.setattr(checks_module, "ADAPTERS", FAKE_ADAPTERS)
 
 
 MINIMAL = {"search": {"space": {"rank": {"choice": [4, 8, 16]}}}}
@@ -332,7 +332,7 @@ def test_spec_validates_against_the_real_registry(monkeypatch: pytest.MonkeyPatc
         from trainables.adapters import ADAPTERS
     except ImportError:
         pytest.skip("trainables.adapters registry not importable")
-    monkeypatch.setattr(spec_module, "ADAPTERS", None)  # force the lazy import path
+    monkeypatch.setattr(checks_module, "ADAPTERS", None)  # force the lazy import path
     variants = sorted(ADAPTERS)
     users_of_scaling = [v for v in variants if "scaling" in ADAPTERS[v].hyperparams]
     spec = spec_from_dict(with_space({
@@ -341,7 +341,7 @@ def test_spec_validates_against_the_real_registry(monkeypatch: pytest.MonkeyPatc
         "scaling": {"choice": ["lora", "rora"], "when": {"variant": users_of_scaling}},
     }))
     assert spec.search.space["variant"].choice == variants
-    assert spec_module.ADAPTERS is ADAPTERS
+    assert checks_module.ADAPTERS is ADAPTERS
 
 
 def test_variant_options_in_the_adapter_section_are_validated() -> None:
