@@ -74,7 +74,7 @@ def scored(raw: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Any]:
     """Run the search, take its best trial by validation, score it on the test split."""
     from raysearch.evaluate import worker_experiment
     from raysearch.spec import spec_from_dict
-    from raysearch.tracking import download_trial, find_trial
+    from raysearch.runs import download_trial, find_trial
     from trainables.evaluation import evaluate
 
     run = harness.run_search(raw, workdir)

@@ -106,7 +106,7 @@ def train_peft_default(experiment: dict[str, Any], out_dir: Path) -> tuple[Path,
 
 
 def best_trial(mlflow_uri: str, name: str, out_dir: Path) -> tuple[dict, Path]:
-    from raysearch.tracking import download_trial, find_trial
+    from raysearch.runs import download_trial, find_trial
 
     row = find_trial(mlflow_uri, name, None)
     adapter, _ = download_trial(mlflow_uri, row, out_dir)

@@ -400,7 +400,7 @@ def print_evaluation(label: str, result) -> None:
 
 
 def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | None) -> None:
-    from raysearch.tracking import leaderboard as rows_for
+    from raysearch.runs import leaderboard as rows_for
 
     try:
         nested = rows_for(mlflow_uri, name, pareto_only=pareto, top=top)
@@ -409,7 +409,7 @@ def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | No
     # Sampled params win over metrics of the same name (the metric `lr` is the schedule's value).
     rows = [{**row["metrics"], **{k: number(v) for k, v in row["params"].items()},
              **{k: v for k, v in row.items() if k not in ("params", "metrics")}} for row in nested]
-    # The `pareto` flag comes from tracking._rows: only trials that ran to the end are on the front.
+    # The `pareto` flag comes from runs.rows_of: only trials that ran to the end are on the front.
     title = "Pareto front (finished trials)" if pareto else "leaderboard"
     table = Table(title=f"{name}: {title} ({len(rows)} trials)")
     metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})

@@ -36,7 +36,7 @@ def worker_experiment(spec: Spec) -> dict[str, Any]:
 
 def search_target(mlflow_uri: str, name: str, trial: str | None, base: bool, workdir: Path) -> Target:
     """The best trial (`trial` None), a named trial, or the bare model (`base`) of search `name`."""
-    from raysearch.tracking import download_trial, find_trial, latest_search
+    from raysearch.runs import download_trial, find_trial, latest_search
 
     if base:
         parent_id, text = latest_search(mlflow_uri, name)
@@ -65,7 +65,7 @@ def run_evaluation(target: Target, *, data: Path | None, scoring: str | None, ma
 
     result = evaluate(target.experiment, target.adapter, data=data, scoring=scoring, max_examples=max_examples)
     if target.run_id is not None and mlflow_uri is not None:
-        from raysearch.tracking import log_test_scores
+        from raysearch.runs import log_test_scores
 
         name = f"{target.prefix}{result.metric}"
         metrics = {name: result.overall.value}

@@ -48,7 +48,7 @@ def retrain_experiment(experiment: dict[str, Any], params: dict[str, str], trial
 
 def export_trial(mlflow_uri: str, name: str, trial: str | None, out_dir: Path) -> tuple[dict, Path, Path]:
     """Write `out_dir/adapter/` and `out_dir/experiment.yaml`; returns (row, adapter, yaml path)."""
-    from raysearch.tracking import download_trial, find_trial
+    from raysearch.runs import download_trial, find_trial
 
     row = find_trial(mlflow_uri, name, trial)
     adapter, text = download_trial(mlflow_uri, row, out_dir)

@@ -272,7 +272,7 @@ def build_report(name: str, record: dict, study: Any | None, mlflow_ui: str) -> 
 def write_report(name: str, storage_dir: str, mlflow_uri: str, out: Path, mlflow_ui: str) -> tuple[Path, str]:
     """Write the page to `out` and log it on the search's parent MLflow run; returns the page
     and the search's MLflow experiment page (training runs)."""
-    from raysearch.tracking import log_report, search_record
+    from raysearch.runs import log_report, search_record
 
     record = search_record(mlflow_uri, name)
     study = load_study(storage_dir, name)

@@ -1,4 +1,4 @@
-"""MLflow bookkeeping for a search, written only from the driver.
+"""The search mirrored into MLflow as it runs (a Tune callback on the driver).
 
 One MLflow experiment per search name, one parent run per search
 (tag raysearch.role=search), one child run per Tune trial. Child runs are found
@@ -8,15 +8,14 @@ duplicates runs after a restore and leaves the old ones RUNNING.
 
 Everything goes through MlflowClient with explicit run ids (no fluent
 active-run state), and `close()` terminates whatever is still RUNNING, so no
-run outlives its search. This is the only module that imports mlflow.
+run outlives its search. With `runs.py` (which reads the records back) this is the only
+module that imports mlflow.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
 import tempfile
 import threading
 import time
@@ -30,32 +29,18 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from raysearch.outcome import last_error_line, trial_status
-from raysearch.pareto import pareto_table
+from raysearch.plots import write_csv, write_html, write_png
 from raysearch.ranks import parse as parse_ranks, write_heatmap
+from raysearch.runs import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, TAG_ERROR,
+                            TAG_EXPERIMENT_KIND, TAG_OBJECTIVES, TAG_PARENT, TAG_PARETO, TAG_REASON, TAG_ROLE,
+                            TAG_SEARCH_ID, TAG_STATUS, TAG_TRIAL_ID, MAX_TAG_CHARS, children, finite, rows_of)
 from raysearch.redaction import loggable, redact
 
 log = logging.getLogger(__name__)
 
-TAG_ROLE = "raysearch.role"
-TAG_TRIAL_ID = "raysearch.trial_id"
-TAG_STATUS = "raysearch.status"
-TAG_PARETO = "raysearch.pareto"
-TAG_ERROR = "raysearch.error"
-TAG_OBJECTIVES = "raysearch.objectives"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_SEARCH_ID = "raysearch.search_id"  # on the parent run: how a resumed search finds it again
-TAG_REASON = "raysearch.reason"  # why a run was closed by raysearch rather than by its trial
-TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"  # MLflow 3's UI reads it
 
-FINISHED_STATUSES = ("completed", "early_stopped")  # ended without failing: listed in pareto.csv and the plots
-# Only trials that ran to the end make the Pareto front: a stopped trial's numbers are its last evaluation before
-# the scheduler cut it (a partial-training estimate), so it may neither join the front nor push a finished trial off.
-FRONT_STATUSES = ("completed",)
-EXPERIMENT_ARTIFACT = "experiment.yaml"  # on the parent run: the validated experiment file
-DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 _PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch", "resumed_from_step", "eval_s")
 _MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
-_MAX_TAG_CHARS = 5000
 
 
 # --------------------------------------------------------------------------- helpers
@@ -90,19 +75,10 @@ def _params(config: Mapping[str, Any]) -> dict[str, str]:
     return params
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:  # numpy / torch scalars
-            value = float(value)
-        except (TypeError, ValueError):
-            return False
-    return math.isfinite(float(value))
-
-
 def _metrics_from_result(result: Mapping[str, Any], extra_keys: Iterable[str] = ()) -> dict[str, float]:
     """The finite metrics of one reported result worth keeping in MLflow."""
     wanted = {k for k in result if k.startswith("val_")} | set(_PLAIN_METRICS) | set(extra_keys)
-    return {k: float(result[k]) for k in sorted(wanted) if k in result and _finite(result[k])}
+    return {k: float(result[k]) for k in sorted(wanted) if k in result and finite(result[k])}
 
 
 def scaling_rule(exponent: float) -> str:
@@ -116,81 +92,9 @@ def scaling_rule(exponent: float) -> str:
 
 def _result_step(result: Mapping[str, Any]) -> int:
     step = result.get("step")
-    if step is None or not _finite(step):
+    if step is None or not finite(step):
         step = result.get("training_iteration", 0) or 0
     return int(step)
-
-
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=filter_string, max_results=1000, order_by=order_by, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    return _search_all(client, experiment_id, f"tags.\"{TAG_PARENT}\" = '{parent_run_id}'")
-
-
-def _objectives_of(parent_run: Any) -> dict[str, str]:
-    raw = parent_run.data.tags.get(TAG_OBJECTIVES)
-    return json.loads(raw) if raw else dict(DEFAULT_OBJECTIVES)
-
-
-def _rows(runs: list, objectives: Mapping[str, str]) -> list[dict]:
-    """One row per child run, with a Pareto flag computed over the trials that ran to the end
-    (FRONT_STATUSES); stopped trials keep their last values but are never on the front.
-
-    Row keys: trial_id, run_id, run_name, status, pareto, the objectives at top
-    level, and the full "params" and latest "metrics" dicts.
-    """
-    rows = []
-    for run in runs:
-        metrics = dict(run.data.metrics)
-        row = {
-            "trial_id": run.data.tags.get(TAG_TRIAL_ID, run.info.run_name),
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "status": run.data.tags.get(TAG_STATUS, "unknown"),
-            "pareto": False,
-            **{name: metrics.get(name) for name in objectives},
-            "params": dict(run.data.params),
-            "metrics": metrics,
-        }
-        rows.append(row)
-    completed = [r for r in rows if r["status"] in FRONT_STATUSES]
-    front = {r["run_id"] for r in pareto_table(completed, dict(objectives)) if r["pareto"]}
-    for row in rows:
-        row["pareto"] = row["run_id"] in front
-    return rows
-
-
-def _sort_rows(rows: list[dict], objectives: Mapping[str, str]) -> list[dict]:
-    """Best first by the first objective, ties by fewer adapter parameters.
-
-    Finished trials (completed, early_stopped) come before running, diverged or
-    failed ones, so an errored trial's partial numbers never head the table;
-    rows missing the objective come last within their group.
-    """
-    first, sense = next(iter(objectives.items()))
-    sign = -1.0 if sense == "max" else 1.0
-
-    def key(row: dict) -> tuple:
-        value = row.get(first)
-        params = row["metrics"].get("adapter_params")
-        return (
-            row["status"] not in FINISHED_STATUSES,
-            value is None or not _finite(value),
-            sign * value if value is not None and _finite(value) else 0.0,
-            params if params is not None else math.inf,
-        )
-
-    return sorted(rows, key=key)
 
 
 # --------------------------------------------------------------------------- the callback
@@ -325,7 +229,7 @@ class MlflowTracking(Callback):
         """Close the child runs an interrupted driver left RUNNING (SIGKILL, power loss): KILLED,
         with a reason tag. A trial Tune resumes reopens its run; none is created twice."""
         swept = 0
-        for run in _children(self._client, self.experiment_id, self.parent_run_id):
+        for run in children(self._client, self.experiment_id, self.parent_run_id):
             if run.info.status == "RUNNING":
                 self._client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
                 self._client.set_tag(run.info.run_id, TAG_REASON, "the search's driver stopped while this trial "
@@ -448,7 +352,7 @@ class MlflowTracking(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._child_run_id(trial)
         self._client.set_tag(run_id, TAG_STATUS, "error")
-        message = last_error_line(trial, _MAX_TAG_CHARS)
+        message = last_error_line(trial, MAX_TAG_CHARS)
         if message:
             self._client.set_tag(run_id, TAG_ERROR, message)
         self._client.set_terminated(run_id, "FAILED")
@@ -481,25 +385,25 @@ class MlflowTracking(Callback):
             log.warning("could not log the rank allocation of run %s: %s", run_id, error)
 
     def _update_pareto_tags(self) -> None:
-        runs = _children(self._client, self.experiment_id, self.ensure_parent())
-        for row in _rows(runs, self.objectives):
+        runs = children(self._client, self.experiment_id, self.ensure_parent())
+        for row in rows_of(runs, self.objectives):
             self._client.set_tag(row["run_id"], TAG_PARETO, "true" if row["pareto"] else "false")
 
     # ---- end of the search
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         parent = self.ensure_parent()
-        rows = _rows(_children(self._client, self.experiment_id, parent), self.objectives)
+        rows = rows_of(children(self._client, self.experiment_id, parent), self.objectives)
         finished = [r for r in rows if r["status"] in FINISHED_STATUSES]
         with tempfile.TemporaryDirectory() as out:
-            _write_csv(Path(out, "pareto.csv"), finished, self.objectives)
-            _write_png(Path(out, "pareto.png"), finished, self.objectives)
-            _write_html(Path(out, "pareto.html"), finished, self.objectives)
+            write_csv(Path(out, "pareto.csv"), finished, self.objectives)
+            write_png(Path(out, "pareto.png"), finished, self.objectives)
+            write_html(Path(out, "pareto.html"), finished, self.objectives)
             self._client.log_artifacts(parent, out)
         first, sense = next(iter(self.objectives.items()))
         # best_* as for the front: a stopped trial's partial-training value is no result of the search
         values = [r[first] for r in finished
-                  if r["status"] in FRONT_STATUSES and r[first] is not None and _finite(r[first])]
+                  if r["status"] in FRONT_STATUSES and r[first] is not None and finite(r[first])]
         metrics = {"n_trials": float(len(rows)), "pareto_size": float(sum(r["pareto"] for r in rows))}
         if values:
             metrics[f"best_{first}"] = float(max(values) if sense == "max" else min(values))
@@ -522,7 +426,7 @@ class MlflowTracking(Callback):
             return
         if self.experiment_id is None:
             self.experiment_id = client.get_run(self.parent_run_id).info.experiment_id
-        for run in _children(client, self.experiment_id, self.parent_run_id):
+        for run in children(client, self.experiment_id, self.parent_run_id):
             if run.info.status != "RUNNING":
                 continue
             if run.data.tags.get(TAG_STATUS, "running") == "running":
@@ -534,264 +438,6 @@ class MlflowTracking(Callback):
             client.set_terminated(run.info.run_id, "KILLED")
         if client.get_run(self.parent_run_id).info.status == "RUNNING":
             client.set_terminated(self.parent_run_id, status)
-
-
-# --------------------------------------------------------------------------- parent artifacts
-
-
-def _param_columns(rows: list[dict], taken: set[str]) -> list[tuple[str, str]]:
-    names = sorted({name for row in rows for name in row["params"]})
-    return [(name, f"param.{name}" if name in taken else name) for name in names]
-
-
-def _write_csv(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
-    head = ["trial_id", "run_name", "status", "pareto", *objectives]
-    params = _param_columns(rows, set(head))
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(head + [column for _, column in params])
-        for row in _sort_rows(rows, objectives):
-            writer.writerow([row[k] for k in head] + [row["params"].get(name, "") for name, _ in params])
-
-
-def _plot_axes(objectives: Mapping[str, str]) -> tuple[str, str]:
-    """x: adapter_params (or the second objective); y: the accuracy-like objective."""
-    names = list(objectives)
-    y = next((n for n in names if n != "adapter_params"), names[0])
-    x = "adapter_params" if y != "adapter_params" else (names[1] if len(names) > 1 else y)
-    return x, y
-
-
-def _plottable(rows: list[dict], x: str, y: str) -> list[dict]:
-    """Rows with both plotted metrics finite, the values copied to "_x" and "_y"."""
-    points = []
-    for row in rows:
-        px, py = row["metrics"].get(x), row["metrics"].get(y)
-        if px is not None and py is not None and _finite(px) and _finite(py):
-            points.append({**row, "_x": px, "_y": py})
-    return points
-
-
-PLOT_FINISHED, PLOT_STOPPED, PLOT_FRONT = "finished trials", "stopped early (partial training)", "Pareto front"
-
-
-def _plot_groups(points: list[dict]) -> dict[str, list[dict]]:
-    """The plotted points by legend entry, each sorted by x. Stopped trials get their own marker: their
-    values are from the last evaluation before the scheduler stopped them, and they are never on the front."""
-    finished = [p for p in points if p["status"] in FRONT_STATUSES]
-    groups = {
-        PLOT_FINISHED: [p for p in finished if not p["pareto"]],
-        PLOT_STOPPED: [p for p in points if p["status"] in FINISHED_STATUSES and p["status"] not in FRONT_STATUSES],
-        PLOT_FRONT: [p for p in finished if p["pareto"]],
-    }
-    return {label: sorted(group, key=lambda p: p["_x"]) for label, group in groups.items()}
-
-
-def _write_png(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, y = _plot_axes(objectives)
-    points = _plottable(rows, x, y)
-    groups = _plot_groups(points)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {PLOT_FINISHED: {"c": "tab:gray", "marker": "o", "alpha": 0.6},
-              PLOT_STOPPED: {"c": "tab:orange", "marker": "x", "alpha": 0.8}}
-    for label, style in styles.items():
-        if groups[label]:
-            ax.scatter([p["_x"] for p in groups[label]], [p["_y"] for p in groups[label]], label=label, **style)
-    front = groups[PLOT_FRONT]
-    if front:
-        ax.plot([p["_x"] for p in front], [p["_y"] for p in front], "o-", c="tab:red", label=PLOT_FRONT)
-    if points and all(p["_x"] > 0 for p in points):
-        ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    n_finished = len(groups[PLOT_FINISHED]) + len(front)
-    ax.set_title(f"{y} vs {x} ({n_finished} finished trials, {len(front)} on the front; "
-                 f"{len(groups[PLOT_STOPPED])} stopped early)", fontsize=10)
-    if points:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _write_html(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> None:
-    import plotly.graph_objects as go
-
-    x, y = _plot_axes(objectives)
-    points = _plottable(rows, x, y)
-    fig = go.Figure()
-    styles = {PLOT_FINISHED: ("gray", "circle"), PLOT_STOPPED: ("darkorange", "x"), PLOT_FRONT: ("crimson", "circle")}
-    for name, group in _plot_groups(points).items():
-        if not group:
-            continue
-        color, symbol = styles[name]
-        on_front = name == PLOT_FRONT
-        hover = [
-            "<br>".join([f"trial {p['trial_id']} ({p['status']})"] + [f"{k}={v}" for k, v in sorted(p["params"].items())])
-            for p in group
-        ]
-        fig.add_trace(
-            go.Scatter(
-                x=[p["_x"] for p in group],
-                y=[p["_y"] for p in group],
-                mode="lines+markers" if on_front else "markers",
-                name=name,
-                marker={"color": color, "size": 9, "symbol": symbol},
-                text=hover,
-                hovertemplate="%{text}<extra></extra>",
-            )
-        )
-    log_x = bool(points) and all(p["_x"] > 0 for p in points)
-    fig.update_layout(xaxis_title=x, yaxis_title=y, xaxis_type="log" if log_x else "linear")
-    # The full plotly.js is embedded so the plot also opens on clusters without internet.
-    fig.write_html(str(path), include_plotlyjs=True)
-
-
-# --------------------------------------------------------------------------- for the CLI
-
-
-def _latest_search_run(client: MlflowClient, mlflow_uri: str, experiment_name: str) -> tuple[Any, Any]:
-    """(experiment, parent run) of the most recent search named `experiment_name`."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise ValueError(f"no MLflow experiment named {experiment_name!r} at {redact(mlflow_uri)}")
-    parents = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.\"{TAG_ROLE}\" = 'search'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not parents:
-        raise ValueError(f"experiment {experiment_name!r} has no raysearch search run yet")
-    return experiment, parents[0]
-
-
-def leaderboard(
-    mlflow_uri: str, experiment_name: str, *, pareto_only: bool = False, top: int | None = None
-) -> list[dict]:
-    """Ranked rows for the child runs of the most recent search in `experiment_name`.
-
-    Sorted by the search's first objective (best first), ties by fewer
-    adapter_params. Each row: trial_id, run_id, run_name, status, pareto, the
-    objectives, "params" and "metrics" (latest values).
-    """
-    client = MlflowClient(tracking_uri=mlflow_uri)
-    experiment, parent = _latest_search_run(client, mlflow_uri, experiment_name)
-    rows = _ranked_rows(client, experiment.experiment_id, parent)
-    if pareto_only:
-        rows = [r for r in rows if r["pareto"]]
-    return rows[:top] if top is not None else rows
-
-
-def _ranked_rows(client: MlflowClient, experiment_id: str, parent: Any) -> list[dict]:
-    objectives = _objectives_of(parent)
-    return _sort_rows(_rows(_children(client, experiment_id, parent.info.run_id), objectives), objectives)
-
-
-def find_trial(mlflow_uri: str, experiment_name: str, trial: str | None = None) -> dict:
-    """One leaderboard row of the latest search: the best trial that ran to the end
-    (trial=None; early-stopped trials export nothing) or the one whose Tune trial id
-    (or a prefix of it), MLflow run id or run name is `trial`."""
-    rows = [r for r in leaderboard(mlflow_uri, experiment_name) if r["status"] in FINISHED_STATUSES]
-    if trial is None:
-        completed = [r for r in rows if r["status"] == "completed"]
-        if not completed:
-            raise ValueError(f"search {experiment_name!r} has no trial that ran to the end to export")
-        return completed[0]
-    for row in rows:
-        if trial in (row["trial_id"], row["run_id"], row["run_name"]) or row["trial_id"].startswith(trial):
-            return row
-    known = ", ".join(r["trial_id"] for r in rows) or "none"
-    raise ValueError(f"no finished trial {trial!r} in search {experiment_name!r}; finished trials: {known}")
-
-
-def download_trial(mlflow_uri: str, row: dict, out_dir: Path) -> tuple[Path, str]:
-    """Download the trial's exported adapter into `out_dir/adapter`; returns it and the
-    search's experiment file (YAML text) from the parent run."""
-    import mlflow.artifacts
-
-    client = MlflowClient(tracking_uri=mlflow_uri)
-    run = client.get_run(row["run_id"])
-    parent_id = run.data.tags.get(TAG_PARENT)
-    if not any(a.path == "adapter" for a in client.list_artifacts(row["run_id"])):
-        raise ValueError(f"trial {row['trial_id']} has no exported adapter (status {row['status']})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    adapter = Path(mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path="adapter",
-                                                       dst_path=str(out_dir), tracking_uri=mlflow_uri))
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=EXPERIMENT_ARTIFACT,
-                                                       dst_path=tmp, tracking_uri=mlflow_uri)
-        except Exception as error:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-            raise ValueError(f"the search run {parent_id} has no {EXPERIMENT_ARTIFACT} "
-                             f"(recorded by raysearch before export existed?): {error}") from None
-        return adapter, Path(path).read_text()
-
-
-def latest_search(mlflow_uri: str, experiment_name: str) -> tuple[str, str]:
-    """(parent run id, experiment file YAML) of the most recent search named `experiment_name`."""
-    import mlflow.artifacts
-
-    client = MlflowClient(tracking_uri=mlflow_uri)
-    parent_id = _latest_search_run(client, mlflow_uri, experiment_name)[1].info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=EXPERIMENT_ARTIFACT,
-                                                       dst_path=tmp, tracking_uri=mlflow_uri)
-        except Exception as error:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-            raise ValueError(f"the search run {parent_id} has no {EXPERIMENT_ARTIFACT}: {error}") from None
-        return parent_id, Path(path).read_text()
-
-
-def search_record(mlflow_uri: str, experiment_name: str) -> dict[str, Any]:
-    """Everything `raysearch report` draws, from the latest search named `experiment_name`:
-    experiment and parent run ids, objectives, the leaderboard rows, each trial's validation
-    curves (val_loss and the val_* objectives: trial id -> metric -> [(step, value)]) and the
-    last rank allocation each trial logged (trial id -> module -> rank)."""
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
-    client = MlflowClient(tracking_uri=mlflow_uri)
-    experiment, parent = _latest_search_run(client, mlflow_uri, experiment_name)
-    objectives = _objectives_of(parent)
-    rows = _ranked_rows(client, experiment.experiment_id, parent)
-    names = list(dict.fromkeys(["val_loss", *(k for k in objectives if k.startswith("val_"))]))
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    ranks: dict[str, dict[str, int]] = {}
-    for row in rows:
-        curves[row["trial_id"]] = {name: [(m.step, m.value) for m in sorted(
-            client.get_metric_history(row["run_id"], name), key=lambda m: m.step)] for name in names}
-        if any(a.path == "ranks" for a in client.list_artifacts(row["run_id"])):
-            with tempfile.TemporaryDirectory() as tmp:
-                path = client.download_artifacts(row["run_id"], "ranks/ranks.json", tmp)
-                ranks[row["trial_id"]] = parse_ranks(Path(path).read_text())
-    return {"experiment_id": experiment.experiment_id, "parent_run_id": parent.info.run_id,
-            "objectives": objectives, "rows": rows, "curves": curves, "ranks": ranks}
-
-
-def log_report(mlflow_uri: str, parent_run_id: str, path: Path) -> None:
-    """Log the report page on the search's parent run (artifact `report.html`)."""
-    import shutil
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(path, Path(tmp, "report.html"))
-        MlflowClient(tracking_uri=mlflow_uri).log_artifact(parent_run_id, str(Path(tmp, "report.html")))
-
-
-TAG_TEST = "raysearch.test"  # which records a run's test_* metrics were scored on
-
-
-def log_test_scores(mlflow_uri: str, run_id: str, metrics: Mapping[str, float], data: str, tag: str = TAG_TEST) -> None:
-    """Record test scores on a run (a finished one too: MLflow accepts metrics after the end)."""
-    client = MlflowClient(tracking_uri=mlflow_uri)
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)],
-                     tags=[RunTag(tag, data[:_MAX_TAG_CHARS])])
 
 
 def _trial_checkpoint(trial: Any, result: dict, storage_scheme: str = "") -> Any:

@@ -22,7 +22,8 @@ import optuna
 import pytest
 
 from raysearch.report import build_report, experiment_url
-from raysearch.tracking import MlflowTracking, search_record
+from raysearch.runs import search_record
+from raysearch.tracking import MlflowTracking
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)

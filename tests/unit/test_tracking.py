@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Checkpoint
 
 from raysearch.report import pareto_figure
-from raysearch.tracking import MlflowTracking, _plot_groups, _plottable, find_trial, leaderboard, search_record
+from raysearch.plots import plot_groups, plottable
+from raysearch.runs import find_trial, leaderboard, search_record
+from raysearch.tracking import MlflowTracking
 
 OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 EXPERIMENT = "unit-search"
@@ -313,7 +315,7 @@ def test_a_stopped_trial_never_makes_the_front_even_when_it_dominates(
     assert rows == {"c1": ("completed", "True"), "c2": ("completed", "True"), "s": ("early_stopped", "False")}
 
     # pareto.png / pareto.html: the stopped trial has its own legend entry, the front line only finished points
-    groups = _plot_groups(_plottable(leaderboard(uri, EXPERIMENT), "adapter_params", "val_accuracy"))
+    groups = plot_groups(plottable(leaderboard(uri, EXPERIMENT), "adapter_params", "val_accuracy"))
     assert {label: [p["trial_id"] for p in group] for label, group in groups.items()} == {
         "finished trials": [], "stopped early (partial training)": ["s"], "Pareto front": ["c2", "c1"]}
     html = Path(client.download_artifacts(parent.info.run_id, "pareto.html", str(tmp_path))).read_text()
