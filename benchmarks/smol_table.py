@@ -78,7 +78,7 @@ def train_peft_default(experiment: dict[str, Any], out_dir: Path) -> tuple[Path,
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from trainables.data import load_instruction_splits
+    from trainables.instruction_data import load_instruction_splits
     from trainables.instructions import encode_records
     from trainables.models import load_causal_lm
 

@@ -31,7 +31,8 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from torch import nn
 
 from trainables.answers import AnswerPattern, answer_pattern
-from trainables.data import load_instruction_splits, load_splits, num_labels, tokenize_splits
+from trainables.data import load_splits, num_labels, tokenize_splits
+from trainables.instruction_data import load_instruction_splits
 from trainables.instructions import IGNORE_INDEX, EncodedSplit, encode_records, fixed_length, left_padded
 from trainables.models import (
     enable_gradient_checkpointing,

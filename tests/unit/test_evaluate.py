@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from raysearch.cli import app
 from raysearch.evaluate import worker_experiment
 from raysearch.spec import spec_from_dict
-from trainables.data import load_instruction_splits
+from trainables.instruction_data import load_instruction_splits
 from trainables.evaluation import evaluate, proportion_interval
 from trainables.instructions import build_prompt
 from trainables.models import tiny_llama

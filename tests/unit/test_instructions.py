@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raysearch.spec import SpecError, spec_from_dict
-from trainables.data import load_instruction_splits
+from trainables.instruction_data import load_instruction_splits
 from trainables.instructions import (
     ALPACA,
     IGNORE_INDEX,
