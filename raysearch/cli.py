@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from raysearch.redaction import is_redacted, redact
+from raysearch.redaction import redact
 from raysearch.spec import DEFAULT_STORAGE, SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search LoRA-family adapter configurations.")
@@ -142,31 +142,13 @@ def resume(
 
 
 def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_errored: bool) -> None:
-    import yaml
-
-    from raysearch import storage as storages
     from raysearch.preflight import machine_problems
-    from raysearch.spec import spec_from_dict
+    from raysearch.search import ResumeError, saved_spec
 
-    location = search_folder(name, storage_root)
     try:
-        text = storages.read_text(location, storages.EXPERIMENT_FILE)
-    except OSError as err:
-        fail(f"resume: cannot read {location}: {err}")
-    if text is None:
-        fail(f"resume: no search '{name}' in {storage_root} ({location}/{storages.EXPERIMENT_FILE} not found). "
-             "Pass --storage DIR, the folder the search ran with.")
-    data = yaml.safe_load(text)
-    data["storage"] = storage_root
-    tracking = data.setdefault("tracking", {})
-    if mlflow_uri:
-        tracking["mlflow_uri"] = mlflow_uri
-    if is_redacted(tracking.get("mlflow_uri", "")):
-        fail("resume: the search's MLflow URI was saved without its credentials; pass --mlflow-uri.")
-    try:
-        spec = spec_from_dict(data, source_name=name)
-    except SpecError as err:
-        fail(f"resume: {location}/{storages.EXPERIMENT_FILE} is no longer valid:\n{err}")
+        spec = saved_spec(name, storage_root, mlflow_uri)
+    except ResumeError as err:
+        fail(f"resume: {err}")
     problems = machine_problems(spec, spec.storage_dir)
     if problems:
         fail("cannot resume:\n  " + "\n  ".join(str(p) for p in problems))
@@ -258,10 +240,9 @@ def leaderboard(
 
 def search_folder(name: str, storage_root: str) -> str:
     """`<storage>/<name>` as `run` wrote it (a local path resolved, a URI kept)."""
-    from raysearch import storage as storages
+    from raysearch.storage import search_dir
 
-    return (storages.join(storage_root, name) if "://" in storage_root
-            else str(Path(storage_root).expanduser().resolve() / name))
+    return search_dir(storage_root, name)
 
 
 @app.command()

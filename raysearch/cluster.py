@@ -12,7 +12,7 @@
    so the driver on the head and every trial worker import the code being launched;
    `ray job submit` streams the job's logs until it ends.
 
-Inside the job, Ray sets RAY_ADDRESS, and `raysearch run` joins the cluster (`tuner.init_ray`).
+Inside the job, Ray sets RAY_ADDRESS, and `raysearch run` joins the cluster (`resources.init_ray`).
 """
 from __future__ import annotations
 

@@ -434,7 +434,7 @@ def storage_problems(spec: Spec, storage_dir: str) -> list[Problem]:
 
 def resource_problems(spec: Spec) -> list[Problem]:
     """What one trial asks for must fit on this machine. Skipped on a cluster (RAY_ADDRESS),
-    where `tuner.init_ray` checks the cluster's totals and the autoscaler may add nodes."""
+    where `resources.init_ray` checks the cluster's totals and the autoscaler may add nodes."""
     resources, problems = spec.resources, []
     workers = resources.workers_per_trial
     if spec.train.batch_size % workers:

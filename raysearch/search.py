@@ -24,7 +24,8 @@ from raysearch.space import num_trials_for
 from raysearch.spec import Spec
 from raysearch.redaction import redact
 from raysearch.tracking import MlflowTracking
-from raysearch.tuner import build_tuner, init_ray, restore_tuner, tune_path
+from raysearch.resources import init_ray
+from raysearch.tuner import build_tuner, restore_tuner, tune_path
 
 
 
@@ -97,6 +98,40 @@ def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite:
                               search_id=search_id)
     progress = LiveProgress(spec.search.objectives, num_trials, console)
     fit(build_tuner(spec, storage_dir, concurrency, [tracking, progress]), tracking, journal, storage_dir)
+
+
+class ResumeError(Exception):
+    """Why a search cannot be resumed: no such search, its folder unreadable, or its saved
+    experiment no longer valid (the CLI prints it and exits 2)."""
+
+
+def saved_spec(name: str, storage_root: str, mlflow_uri: str | None = None) -> Spec:
+    """The experiment search `name` ran with, read back from `<storage>/<name>/experiment.yaml`;
+    `mlflow_uri` replaces its MLflow store (needed when it was saved without credentials)."""
+    import yaml
+
+    from raysearch.redaction import is_redacted
+    from raysearch.spec import SpecError, spec_from_dict
+
+    location = storage.search_dir(storage_root, name)
+    try:
+        text = storage.read_text(location, EXPERIMENT_FILE)
+    except OSError as err:
+        raise ResumeError(f"cannot read {location}: {err}") from None
+    if text is None:
+        raise ResumeError(f"no search '{name}' in {storage_root} ({location}/{EXPERIMENT_FILE} not found). "
+                          "Pass --storage DIR, the folder the search ran with.")
+    data = yaml.safe_load(text)
+    data["storage"] = storage_root
+    tracking = data.setdefault("tracking", {})
+    if mlflow_uri:
+        tracking["mlflow_uri"] = mlflow_uri
+    if is_redacted(tracking.get("mlflow_uri", "")):
+        raise ResumeError("the search's MLflow URI was saved without its credentials; pass --mlflow-uri.")
+    try:
+        return spec_from_dict(data, source_name=name)
+    except SpecError as err:
+        raise ResumeError(f"{location}/{EXPERIMENT_FILE} is no longer valid:\n{err}") from None
 
 
 def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored: bool = False) -> None:

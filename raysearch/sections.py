@@ -336,7 +336,6 @@ class Spec(_Model):
     @property
     def storage_dir(self) -> str:
         """Where this experiment's results live: `<storage>/<name>`, absolute for local paths."""
-        root = self.storage or DEFAULT_STORAGE
-        if "://" in root:
-            return f"{root.rstrip('/')}/{self.name}"
-        return str(Path(root).expanduser().resolve() / self.name)
+        from raysearch.storage import search_dir
+
+        return search_dir(self.storage or DEFAULT_STORAGE, self.name)

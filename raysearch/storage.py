@@ -56,6 +56,14 @@ def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
 
+def search_dir(storage_root: str, name: str) -> str:
+    """Where search `name` keeps its results: `<storage>/<name>`, a local path made absolute
+    (Ray Tune needs one), a URI kept a URI. The one place this is decided."""
+    if "://" in storage_root:
+        return f"{storage_root.rstrip('/')}/{name}"
+    return str(Path(storage_root).expanduser().resolve() / name)
+
+
 def _filesystem(location: str):
     import pyarrow.fs  # imported late: only object stores need it, and it is slow to import
 

@@ -26,7 +26,7 @@ from raysearch.cluster import (
     validate_cluster_config,
 )
 from raysearch.spec import load_spec, spec_from_dict
-from raysearch.tuner import cluster_concurrency, function_resources, trial_demand
+from raysearch.resources import cluster_concurrency, function_resources, trial_demand
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"

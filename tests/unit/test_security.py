@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from raysearch import tuner
+from raysearch import resources
 from raysearch.cli import app
 from raysearch.redaction import is_redacted, loggable, redact
 from raysearch.spec import spec_from_dict
@@ -64,7 +64,7 @@ def test_local_ray_serves_its_dashboard_on_loopback_only(monkeypatch, inline):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    tuner.init_ray(spec_from_dict({**MINIMAL, "resources": {"inline_single_worker": inline}}))
+    resources.init_ray(spec_from_dict({**MINIMAL, "resources": {"inline_single_worker": inline}}))
     (kwargs,) = calls
     assert kwargs["address"] == "local" and kwargs["dashboard_host"] == "127.0.0.1"
     assert kwargs["include_dashboard"] is (not inline)

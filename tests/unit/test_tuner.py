@@ -7,7 +7,8 @@ from ray.tune.schedulers import ASHAScheduler
 
 from raysearch.space import define_by_run
 from raysearch.spec import spec_from_dict
-from raysearch.tuner import DivergenceAwareOptunaSearch, build_scheduler, effective_concurrency
+from raysearch.resources import effective_concurrency
+from raysearch.tuner import DivergenceAwareOptunaSearch, build_scheduler
 
 SPACE = {"search": {"space": {"rank": {"choice": [4, 8]}, "lr": {"loguniform": [1e-4, 1e-2]}}}}
 
