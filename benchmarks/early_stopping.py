@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 import search_efficiency as efficiency  # noqa: E402
 from raysearch.pareto import hypervolume  # noqa: E402
 from raysearch.spec import spec_from_dict  # noqa: E402
+from trainables.contract import ran_to_the_end  # noqa: E402
 
 SCHEDULERS = {  # the real searches: name -> search.early_stopping
     "none": {"scheduler": "none"},
@@ -101,7 +102,7 @@ def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any
         results, errored = efficiency.last_results(run.storage_dir / "tune")
         if errored:
             print(f"WARNING: {errored} trial(s) of {experiment['name']} ended in an error; not a valid comparison")
-        finished = [(r["val_accuracy"], float(r["adapter_params"])) for r in results if efficiency.ran_to_end(r)]
+        finished = [(r["val_accuracy"], float(r["adapter_params"])) for r in results if ran_to_the_end(r)]
         runs[scheduler] = {"steps": int(sum(r.get("step", 0) for r in results)), "finished": finished,
                            "wall_s": run.wall_s}
     curves = efficiency.trial_curves(workdir / "results" / name_of("none", seed) / "tune")
@@ -130,7 +131,7 @@ def replay_on(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], se
     from raysearch.tuner import build_scheduler
 
     reference = reference_of(curves)
-    finished = [(c[-1]["val_accuracy"], float(c[-1]["adapter_params"])) for c in curves if efficiency.ran_to_end(c[-1])]
+    finished = [(c[-1]["val_accuracy"], float(c[-1]["adapter_params"])) for c in curves if ran_to_the_end(c[-1])]
     none = {"trial_steps": sum(int(c[-1].get("step", 0)) for c in curves), "hv": front_hypervolume(finished, reference),
             "best_val_accuracy": max(a for a, _ in finished)}
     concurrency = experiment["search"]["max_concurrent"]

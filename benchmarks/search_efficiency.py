@@ -66,6 +66,7 @@ import optuna  # noqa: E402
 from raysearch.pareto import hypervolume  # noqa: E402
 from raysearch.space import define_by_run, make_sampler  # noqa: E402
 from raysearch.spec import spec_from_dict  # noqa: E402
+from trainables.contract import ran_to_the_end, trial_status  # noqa: E402
 
 SAMPLERS = ("tpe", "nsga2", "random")
 STARTUP = (3, 5)  # TPE with fewer random start-up trials than Optuna's 10 (search.startup_trials): "tpe/startup=N"
@@ -179,11 +180,6 @@ def print_table_part(rows: list[dict[str, Any]], ks: list[int], seeds: int, tabl
 # --- part asha: the same search with and without early stopping ------------------------
 
 
-def ran_to_end(result: dict[str, Any]) -> bool:
-    """A trial's result is its final one, and the trial did not diverge: its accuracy counts for "best"."""
-    return bool(result.get("final")) and not result.get("diverged")
-
-
 def last_results(tune_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """Each trial's last reported result, from Tune's records in the search's storage, and
     how many trials ended in an error (their steps are missing from the count)."""
@@ -209,10 +205,10 @@ def asha_rows(experiments: dict[str, dict[str, Any]], workdir: Path) -> list[dic
     for scheduler, experiment in experiments.items():
         run = harness.run_search(experiment, workdir)
         results, errored = last_results(run.storage_dir / "tune")
-        completed = [r["val_accuracy"] for r in results if ran_to_end(r)]
+        completed = [r["val_accuracy"] for r in results if ran_to_the_end(r)]
         rows.append({"part": "asha", "scheduler": scheduler, "trials": len(results), "errored": errored,
                      "trial_steps": int(sum(r.get("step", 0) for r in results)),
-                     "stopped_early": sum("step" in r and not r.get("final") for r in results),
+                     "stopped_early": sum("step" in r and trial_status(r) == "early_stopped" for r in results),
                      "best_val_accuracy": max(completed, default=float("nan")), "wall_s": run.wall_s})
     return rows
 
@@ -296,7 +292,7 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
         if not stopped:
             scheduler.on_trial_complete(None, handles[trial], result)
         trial_steps += int(result.get("step", 0))
-        if ran_to_end(result):
+        if ran_to_the_end(result):
             finals.append(result["val_accuracy"])
             finished.append((result["val_accuracy"], float(result.get("adapter_params", "nan"))))
         if waiting:
@@ -309,7 +305,7 @@ def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], 
     from raysearch.tuner import build_scheduler
 
     none_steps = sum(int(c[-1].get("step", 0)) for c in curves)
-    none_best = max(c[-1]["val_accuracy"] for c in curves if ran_to_end(c[-1]))
+    none_best = max(c[-1]["val_accuracy"] for c in curves if ran_to_the_end(c[-1]))
     concurrency = experiment["search"]["max_concurrent"]
     rows = []
     for metric, factor, grace in itertools.product(REPLAY_METRICS, REPLAY_FACTORS, REPLAY_GRACES):
@@ -333,7 +329,7 @@ def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], 
 def first_evaluation(curves: list[list[dict[str, Any]]]) -> str:
     """What a grace-1 rung sees: the spread of the first evaluation, and where the eventual best trial ranked."""
     firsts = [c[0] for c in curves]
-    best = max((i for i, c in enumerate(curves) if ran_to_end(c[-1])), key=lambda i: curves[i][-1]["val_accuracy"])
+    best = max((i for i, c in enumerate(curves) if ran_to_the_end(c[-1])), key=lambda i: curves[i][-1]["val_accuracy"])
     losses, accuracies = [f["val_loss"] for f in firsts], [f["val_accuracy"] for f in firsts]
     rank = 1 + sum(loss < firsts[best]["val_loss"] for loss in losses)
     return (f"first evaluation (step {firsts[0].get('step')}): val_loss {min(losses):.4f}..{max(losses):.4f}, "

@@ -9,10 +9,10 @@ from pydantic import BaseModel, ValidationError
 
 from raysearch.problems import Problem, message, unwrap_optional
 from raysearch.sections import (CAUSAL_LM_METRICS, CAUSAL_LM_ONLY, CLASSIFICATION_METRICS, CLASSIFICATION_ONLY,
-                                TASK_DIMENSIONS, TRAIN_DIMENSIONS, AdapterSpec, SearchSpec, SourceSpec, Spec,
-                                TaskSpec, TrainSpec)
+                                AdapterSpec, SearchSpec, SourceSpec, Spec, TaskSpec, TrainSpec)
 from raysearch.space import Dimension, grid_points
 from raysearch.space import when_problems as space_when_problems
+from trainables.contract import CAUSAL_LM_BUILTINS, TASK_DIMENSIONS, TRAIN_DIMENSIONS
 
 # The adapter registry (name -> class with ClassVar `hyperparams` and `options`). Imported
 # lazily by `registry()` because it imports torch, which `raysearch --help` should not pay
@@ -212,8 +212,6 @@ def source_name(item: str | SourceSpec) -> str:
 
 def _task_problems(spec: Spec) -> list[Problem]:
     """What the task type rules out: metrics, fields and models of the other type."""
-    from trainables.models import CAUSAL_LM_BUILTINS
-
     task, problems = spec.task, []
     causal = task.type == "causal_lm"
     allowed = CAUSAL_LM_METRICS if causal else CLASSIFICATION_METRICS

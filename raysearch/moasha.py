@@ -40,8 +40,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from raysearch import storage
+from trainables.contract import BUDGET_SETTLED, EVALUATION, FINAL
 
-SETTLED_KEY = "budget_settled"  # in a trial's result: false while its rank schedule still prunes
 
 
 def runs_to_the_end(trial: Any, point: Mapping[str, Any] | None) -> bool:
@@ -96,7 +96,7 @@ def promoted(recorded: Mapping[str, list[float]], senses: list[str], trial_id: s
 class MultiObjectiveASHA(FIFOScheduler):
     """Stops trials at rungs by non-dominated sorting on `metrics` (name -> "max"/"min")."""
 
-    def __init__(self, metrics: Mapping[str, str], time_attr: str = "evaluation", grace_period: int = 1,
+    def __init__(self, metrics: Mapping[str, str], time_attr: str = EVALUATION, grace_period: int = 1,
                  reduction_factor: float = 3, max_t: int = 10_000, state_file: tuple[str, str] | None = None,
                  protected: Mapping[str, Any] | None = None) -> None:
         if not metrics or any(sense not in ("max", "min") for sense in metrics.values()):
@@ -161,7 +161,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         whether it goes on. Results without a finite value of every metric, or with an
         unsettled budget, are not judged."""
         now, vector = result.get(self.time_attr), self._vector(result)
-        if now is None or vector is None or result.get(SETTLED_KEY) is False:
+        if now is None or vector is None or result.get(BUDGET_SETTLED) is False:
             return TrialScheduler.CONTINUE
         for milestone in sorted(self.rungs, reverse=True):
             recorded = self.rungs[milestone]
@@ -169,7 +169,7 @@ class MultiObjectiveASHA(FIFOScheduler):
                 continue
             recorded[trial_id] = vector
             # its last evaluation is recorded for the trials after it, but there is nothing to stop
-            go_on = protected or bool(result.get("final")) or promoted(recorded, list(self.metrics.values()), trial_id,
+            go_on = protected or bool(result.get(FINAL)) or promoted(recorded, list(self.metrics.values()), trial_id,
                                                            self.reduction_factor)
             self.stopped += not go_on
             self._persist()

@@ -22,25 +22,15 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 from ray.tune.stopper import Stopper
 
+from trainables.contract import FINAL, FINISHED, trial_status
+
 EXIT_OK, EXIT_CRASH, EXIT_BAD_INPUT, EXIT_NOTHING_FINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-FINISHED = ("completed", "early_stopped")
 _MAX_LINE = 300
-
-
-def trial_status(result: Mapping[str, Any] | None) -> str:
-    """A trial that ended without an error: `diverged`, `completed` (its last evaluation ran)
-    or `early_stopped` (ended by the scheduler before its last evaluation)."""
-    result = result or {}
-    if result.get("diverged"):
-        return "diverged"
-    if result.get("final"):
-        return "completed"
-    return "early_stopped"
 
 
 def last_error_line(trial: Any, limit: int = _MAX_LINE) -> str:
@@ -132,7 +122,7 @@ class SearchOutcome(tune.Callback, Stopper):
                 status = "stopped" if self.stopped_by_fail_fast else "unfinished"
             elif trial.status == "TERMINATED":
                 status = trial_status(trial.last_result)
-                if self.stopped_by_fail_fast and not (trial.last_result or {}).get("final"):
+                if self.stopped_by_fail_fast and not (trial.last_result or {}).get(FINAL):
                     status = "stopped"  # ended by fail-fast, not by its schedule or ASHA
             else:
                 status = "unfinished"

@@ -198,7 +198,8 @@ def _meta_model(spec: Spec):
         return None
     import torch
 
-    from trainables.models import IN_MEMORY_BUILTINS, resolve_model_path
+    from trainables.contract import IN_MEMORY_BUILTINS
+    from trainables.models import resolve_model_path
 
     try:
         if path in IN_MEMORY_BUILTINS:

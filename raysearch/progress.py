@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from raysearch.outcome import error_location, last_error_line, trial_status
+from raysearch.outcome import error_location, last_error_line
+from trainables.contract import trial_status
 from raysearch.pareto import pareto_table
 
 

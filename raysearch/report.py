@@ -22,9 +22,10 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from trainables.contract import FINISHED  # ended without failing (the rank heatmaps draw these)
+
 STATUS_COLOURS = {"completed": "#1f77b4", "early_stopped": "#ff7f0e", "diverged": "#9467bd", "error": "#d62728",
                   "interrupted": "#7f7f7f", "running": "#7f7f7f"}
-FINISHED = ("completed", "early_stopped")  # ended without failing (the rank heatmaps draw these)
 MIN_TRIALS_FOR_IMPORTANCE = 3
 CONFIG_KEYS = ("variant", "rank", "alpha", "scaling", "scaling_rule", "lr", "loraplus_ratio", "target_modules")
 

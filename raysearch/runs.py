@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from raysearch.pareto import pareto_table
 from raysearch.ranks import parse as parse_ranks
 from raysearch.redaction import redact
+from trainables.contract import COMPLETED, FINISHED
 
 TAG_ROLE = "raysearch.role"
 TAG_TRIAL_ID = "raysearch.trial_id"
@@ -30,10 +31,10 @@ TAG_REASON = "raysearch.reason"  # why a run was closed by raysearch rather than
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"  # MLflow 3's UI reads it
 TAG_TEST = "raysearch.test"  # which records a run's test_* metrics were scored on
 
-FINISHED_STATUSES = ("completed", "early_stopped")  # ended without failing: listed in pareto.csv and the plots
+FINISHED_STATUSES = FINISHED  # ended without failing: listed in pareto.csv and the plots
 # Only trials that ran to the end make the Pareto front: a stopped trial's numbers are its last evaluation before
 # the scheduler cut it (a partial-training estimate), so it may neither join the front nor push a finished trial off.
-FRONT_STATUSES = ("completed",)
+FRONT_STATUSES = (COMPLETED,)
 EXPERIMENT_ARTIFACT = "experiment.yaml"  # on the parent run: the validated experiment file
 DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 MAX_TAG_CHARS = 5000

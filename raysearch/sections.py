@@ -11,8 +11,6 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from raysearch.problems import StrictModel as _Model
 from raysearch.space import Dimension
 
-TRAIN_DIMENSIONS = frozenset({"lr", "weight_decay", "warmup_ratio", "epochs", "batch_size"})
-TASK_DIMENSIONS = frozenset({"target"})  # which layers are adapted: attention, attention_mlp, all_linear
 DEFAULT_STORAGE = "./raysearch_results"
 
 
@@ -139,7 +137,7 @@ class TaskSpec(_Model):
     @field_validator("prompt_template")
     @classmethod
     def _check_prompt_template(cls, value: str) -> str:
-        from trainables.instructions import check_template  # stdlib + torch, no model code
+        from trainables.contract import check_template
 
         check_template(value)
         return value
@@ -147,7 +145,7 @@ class TaskSpec(_Model):
     @field_validator("answer_pattern")
     @classmethod
     def _check_answer_pattern(cls, value: str) -> str:
-        from trainables.answers import check_pattern
+        from trainables.contract import check_pattern
 
         check_pattern(value)
         return value
@@ -210,7 +208,7 @@ class AdapterSpec(_Model):
         # Before the `str | float` union runs, so a bad value gives one message, not one per member.
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError("must be 'lora', 'rora', 'rslora' or a number in [0, 1]")
-        from trainables.adapters.base import scaling_exponent
+        from trainables.contract import scaling_exponent
 
         scaling_exponent(value)  # raises ValueError with the allowed values
         return value

@@ -23,10 +23,10 @@ from pydantic import ValidationError
 
 from raysearch.checks import dataset_paths, semantic_problems, source_name
 from raysearch.problems import MISSING, Problem, SpecError, problems_from_validation
-from raysearch.sections import (CAUSAL_LM_METRICS, CLASSIFICATION_METRICS, DEFAULT_STORAGE, TASK_DIMENSIONS,
-                                TRAIN_DIMENSIONS, AdapterSpec, EarlyStoppingSpec, ResourcesSpec, SearchSpec,
+from raysearch.sections import (CAUSAL_LM_METRICS, CLASSIFICATION_METRICS, DEFAULT_STORAGE, AdapterSpec, EarlyStoppingSpec, ResourcesSpec, SearchSpec,
                                 SourceSpec, Spec, TaskSpec, TrackingSpec, TrainSpec, rung_metrics)
 from raysearch.space import Dimension
+from trainables.contract import TASK_DIMENSIONS, TRAIN_DIMENSIONS
 
 __all__ = [
     "CAUSAL_LM_METRICS", "CLASSIFICATION_METRICS", "DEFAULT_STORAGE", "MISSING", "TASK_DIMENSIONS",

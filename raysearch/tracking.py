@@ -28,7 +28,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from raysearch.outcome import last_error_line, trial_status
+from raysearch.outcome import last_error_line
+from trainables.contract import (ADAPTER_PARAMS, CHECKPOINT_PATH, DIVERGED_STATUS, EFFECTIVE_LORAPLUS_RATIO,
+                                 RANK_ALLOCATION, RESUMED_FROM_STEP, SCALING_EXPONENT, STEP, trial_status)
 from raysearch.plots import write_csv, write_html, write_png
 from raysearch.ranks import parse as parse_ranks, write_heatmap
 from raysearch.runs import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, TAG_ERROR,
@@ -39,7 +41,7 @@ from raysearch.redaction import loggable, redact
 log = logging.getLogger(__name__)
 
 
-_PLAIN_METRICS = ("adapter_params", "train_loss", "lr", "epoch", "resumed_from_step", "eval_s")
+_PLAIN_METRICS = (ADAPTER_PARAMS, "train_loss", "lr", "epoch", RESUMED_FROM_STEP, "eval_s")
 _MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
 
 
@@ -91,7 +93,7 @@ def scaling_rule(exponent: float) -> str:
 
 
 def _result_step(result: Mapping[str, Any]) -> int:
-    step = result.get("step")
+    step = result.get(STEP)
     if step is None or not finite(step):
         step = result.get("training_iteration", 0) or 0
     return int(step)
@@ -322,18 +324,18 @@ class MlflowTracking(Callback):
     def _log_effective(self, run_id: str, result: Mapping[str, Any]) -> None:
         """Once per run: what its variant applied, whatever was sampled (`scaling_rule`,
         `effective_loraplus_ratio`), so runs of different variants group and filter alike."""
-        if run_id in self._effective_logged or result.get("scaling_exponent") is None:
+        if run_id in self._effective_logged or result.get(SCALING_EXPONENT) is None:
             return
-        params = {"scaling_rule": scaling_rule(float(result["scaling_exponent"]))}
-        if result.get("effective_loraplus_ratio") is not None:
-            params["effective_loraplus_ratio"] = f"{float(result['effective_loraplus_ratio']):g}"
+        params = {"scaling_rule": scaling_rule(float(result[SCALING_EXPONENT]))}
+        if result.get(EFFECTIVE_LORAPLUS_RATIO) is not None:
+            params[EFFECTIVE_LORAPLUS_RATIO] = f"{float(result[EFFECTIVE_LORAPLUS_RATIO]):g}"
         self._client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])  # same values on a rerun
         self._effective_logged.add(run_id)
 
     def _last_logged_step(self, trial_id: str, run_id: str) -> int:
         """The last step `run_id` holds; read from MLflow once per run this driver reopens."""
         if trial_id not in self._logged_through:
-            history = self._client.get_metric_history(run_id, "adapter_params")  # in every report
+            history = self._client.get_metric_history(run_id, ADAPTER_PARAMS)  # in every report
             self._logged_through[trial_id] = max((m.step for m in history), default=-1)
         return self._logged_through[trial_id]
 
@@ -346,7 +348,7 @@ class MlflowTracking(Callback):
         self._client.set_tag(run_id, TAG_STATUS, status)
         self._log_adapter(run_id, _trial_checkpoint(trial, self._last_result(trial), self.storage_scheme))
         self._log_ranks(run_id, self._last_result(trial))
-        self._client.set_terminated(run_id, "FAILED" if status == "diverged" else "FINISHED")
+        self._client.set_terminated(run_id, "FAILED" if status == DIVERGED_STATUS else "FINISHED")
         self._update_pareto_tags()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -372,7 +374,7 @@ class MlflowTracking(Callback):
 
     def _log_ranks(self, run_id: str, result: Mapping[str, Any]) -> None:
         """The trial's last per-module rank allocation: ranks.json and a layers × modules heatmap."""
-        allocation = result.get("rank_allocation")
+        allocation = result.get(RANK_ALLOCATION)
         if not allocation:
             return
         try:
@@ -446,7 +448,7 @@ def _trial_checkpoint(trial: Any, result: dict, storage_scheme: str = "") -> Any
     its filesystem: `bucket/key` for s3://bucket/key, so the scheme is put back)."""
     if getattr(trial, "checkpoint", None) is not None:
         return trial.checkpoint
-    path = result.get("checkpoint_path")
+    path = result.get(CHECKPOINT_PATH)
     if not path:
         return None
     from ray.tune import Checkpoint

@@ -17,6 +17,7 @@ from raysearch.resources import function_resources
 from raysearch.space import default_point, define_by_run, grid_points, make_sampler, num_trials_for
 from raysearch.moasha import DefaultKeepingASHA, MultiObjectiveASHA
 from raysearch.spec import Spec, rung_metrics
+from trainables.contract import DIVERGED, EVALUATION
 from trainables.trial import run_trial
 
 
@@ -70,7 +71,7 @@ class DivergenceAwareOptunaSearch(OptunaSearch):
             self._sampler.reseed_rng()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and result.get("diverged"):
+        if result and result.get(DIVERGED):
             result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)
 
@@ -157,7 +158,7 @@ def build_scheduler(spec: Spec, storage_dir: str | None = None) -> DefaultKeepin
         return FIFOScheduler()
     # The loop's own evaluation count: a restarted trial continues it, while Tune's
     # training_iteration starts again at 1 when a resumed search restarts the function.
-    clock = {"time_attr": "evaluation", "grace_period": stopping.grace_period,
+    clock = {"time_attr": EVALUATION, "grace_period": stopping.grace_period,
              "reduction_factor": stopping.reduction_factor, "max_t": 10_000}
     protected = file_point(spec)
     if stopping.scheduler == "moasha":

@@ -146,7 +146,8 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
                         data: Path | None, seed: int, batch_size: int) -> Evaluation:
     from trainables.answers import answer_pattern
     from trainables.instruction_data import load_instruction_splits, read_instruction_file
-    from trainables.models import IN_MEMORY_BUILTINS, load_causal_lm, resolve_model_path
+    from trainables.contract import IN_MEMORY_BUILTINS
+    from trainables.models import load_causal_lm, resolve_model_path
     from trainables.tasks import CausalLMTask, gold_answers_by_source
 
     device = _device()

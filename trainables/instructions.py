@@ -20,15 +20,14 @@ the response (and its EOS) only.
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 
+from trainables.contract import check_template
+
 IGNORE_INDEX = -100  # labels the loss skips (PyTorch's cross-entropy default)
-TEMPLATE_NAMES = ("alpaca", "chat")
-PLACEHOLDERS = ("instruction", "input")
 
 ALPACA = (
     "Below is an instruction that describes a task. "
@@ -40,22 +39,6 @@ ALPACA_WITH_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
-
-
-def check_template(template: str) -> None:
-    """Raise ValueError unless `template` is `alpaca`, `chat`, or a format string using {instruction}."""
-    if template in TEMPLATE_NAMES:
-        return
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as error:
-        raise ValueError(f"not a valid template ({error}); write literal braces as {{{{ and }}}}") from None
-    unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
-    if unknown:
-        raise ValueError(f"unknown placeholder(s) {unknown}; a template may use {{instruction}} and {{input}} "
-                         f"(or be one of {', '.join(TEMPLATE_NAMES)})")
-    if "instruction" not in fields:
-        raise ValueError(f"must contain {{instruction}} (or be one of {', '.join(TEMPLATE_NAMES)})")
 
 
 def build_prompt(record: dict[str, Any], template: str = "alpaca", tokenizer: Any = None) -> str:

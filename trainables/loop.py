@@ -23,7 +23,8 @@ import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
 from trainables.adapters import ADAPTERS
-from trainables.adapters.base import scaling_exponent
+from trainables.contract import (ADAPTER_PARAMS, BUDGET_SETTLED, DIVERGED, EFFECTIVE_LORAPLUS_RATIO, EVALUATION, FINAL,
+                                 RANK_ALLOCATION, RESUMED_FROM_STEP, SCALING_EXPONENT, STEP, scaling_exponent)
 from trainables.checkpoint import (
     STATE_FILE,
     Resumed,
@@ -109,8 +110,7 @@ def train(config: dict[str, Any], session: Session) -> None:
             loss = loss + extra
         if not all_finite(loss.detach(), device):
             # No loss value is reported: a NaN must never reach Tune, ASHA or Optuna.
-            session.report({"step": step, "adapter_params": adapter.adapter_params(inner), "diverged": True,
-                            "final": True})
+            session.report({STEP: step, ADAPTER_PARAMS: adapter.adapter_params(inner), DIVERGED: True, FINAL: True})
             return
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clipped, train_cfg["max_grad_norm"])
@@ -125,27 +125,27 @@ def train(config: dict[str, Any], session: Session) -> None:
             eval_started_at = time.time()
             metrics = task.evaluate(inner, val_set, global_batch, rank, world)
             eval_s += time.time() - eval_started_at
-            metrics.update(
-                step=step,
-                evaluation=evaluations,  # ASHA's clock: survives restarts, unlike Tune's iteration count
-                epoch=step / steps_per_epoch,
-                train_loss=mean_across_workers(loss_sum / loss_count, device),
-                lr=scheduler.get_last_lr()[0],
-                adapter_params=adapter.adapter_params(inner),
-                budget_settled=step >= adapter.budget_settles_at(),  # raysearch/moasha.py
-                rank_allocation=json.dumps(adapter.rank_allocation(inner)),
-                final=step == total_steps,
-                diverged=False,
-                loop_started_at=loop_started_at,
-                setup_s=setup_s,
-                eval_s=eval_s,
+            metrics.update({  # the keys the driver reads: trainables/contract.py
+                STEP: step,
+                EVALUATION: evaluations,  # the schedulers' clock: survives restarts, unlike Tune's iteration count
+                "epoch": step / steps_per_epoch,
+                "train_loss": mean_across_workers(loss_sum / loss_count, device),
+                "lr": scheduler.get_last_lr()[0],
+                ADAPTER_PARAMS: adapter.adapter_params(inner),
+                BUDGET_SETTLED: step >= adapter.budget_settles_at(),  # raysearch/moasha.py
+                RANK_ALLOCATION: json.dumps(adapter.rank_allocation(inner)),
+                FINAL: step == total_steps,
+                DIVERGED: False,
+                "loop_started_at": loop_started_at,
+                "setup_s": setup_s,
+                "eval_s": eval_s,
                 # what the variant applies, whatever was sampled: RoRA and GoRA scale by
                 # alpha/sqrt(r) and LoRA+ raises B's learning rate without saying so in the config
-                scaling_exponent=scaling_exponent(adapter.scaling()),
-                effective_loraplus_ratio=adapter.loraplus_ratio(),
-            )
+                SCALING_EXPONENT: scaling_exponent(adapter.scaling()),
+                EFFECTIVE_LORAPLUS_RATIO: adapter.loraplus_ratio(),
+            })
             if resumed.step:
-                metrics["resumed_from_step"] = resumed.step
+                metrics[RESUMED_FROM_STEP] = resumed.step
             loss_sum, loss_count = 0.0, 0
             if step == total_steps:  # the last checkpoint holds the exported adapter
                 report(session, metrics, lambda folder: adapter.export(inner, folder / "adapter"))

@@ -21,9 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-BUILTIN_MODELS = ("builtin:minilm", "builtin:tiny-llama", "builtin:smollm2")
-CAUSAL_LM_BUILTINS = ("builtin:tiny-llama", "builtin:smollm2")  # decoders: task.type causal_lm only
-IN_MEMORY_BUILTINS = ("builtin:tiny-llama",)
+from trainables.contract import BUILTIN_MODELS, IN_MEMORY_BUILTINS
 
 # Attention projections only: the usual LoRA default, and what the papers tune.
 TARGET_MODULES: dict[str, list[str]] = {

@@ -14,6 +14,7 @@ from ray.train import TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from trainables.contract import section_of
 from trainables.session import TuneSession
 
 
@@ -21,12 +22,13 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any
     """Experiment defaults + sampled dimensions -> the workers' config.
 
     A sampled name that is a training field (lr, epochs, ...) overrides `train`, `target`
-    overrides `task.target`, and every other one (variant, rank, alpha, ...) `adapter`.
+    overrides `task.target`, and every other one (variant, rank, alpha, ...) `adapter`
+    (`contract.section_of`, which the experiment's validation uses too).
     """
-    train, adapter, task = dict(base["train"]), dict(base["adapter"]), dict(base["task"])
+    sections = {name: dict(base[name]) for name in ("train", "adapter", "task")}
     for key, value in sampled.items():
-        (task if key == "target" else train if key in train else adapter)[key] = value
-    return {**base, "train": train, "adapter": adapter, "task": task}
+        sections[section_of(key)][key] = value
+    return {**base, **sections}
 
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:

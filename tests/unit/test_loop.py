@@ -12,7 +12,7 @@ import torch
 
 from raysearch.spec import Spec
 from raysearch.tuner import base_config
-from trainables import loop
+from trainables import contract, loop
 from trainables.checkpoint import STATE_FILE
 from trainables.trial import trial_config
 
@@ -64,6 +64,8 @@ def test_each_evaluation_checkpoints_and_a_restart_continues_exactly(variant, ti
     assert [m["step"] for m, _ in whole] == [4, 8, 12]  # 96 examples / batch 8, evaluated every 4 steps
     assert [m["evaluation"] for m, _ in whole] == [1, 2, 3]
     assert [m["final"] for m, _ in whole] == [False, False, True]
+    assert all(set(contract.REPORTED) <= set(m) for m, _ in whole)  # what the driver reads is there
+    assert [contract.trial_status(m) for m, _ in whole] == ["early_stopped", "early_stopped", "completed"]
     assert all((c / STATE_FILE).is_file() for _, c in whole[:2])  # training state at each evaluation
     assert (whole[2][1] / "adapter" / "adapter_config.json").is_file()  # the export at the end
     assert all("resumed_from_step" not in m for m, _ in whole)
@@ -98,4 +100,5 @@ def test_a_nan_loss_ends_the_trial_as_diverged_without_a_loss_value(tiny_model_d
     assert [m["step"] for m, _ in reports] == [4, 6]
     last, checkpoint = reports[-1]
     assert last["diverged"] is True and last["final"] is True and checkpoint is None
+    assert contract.trial_status(last) == "diverged" and not contract.ran_to_the_end(last)
     assert not any(key.endswith("loss") for key in last)  # no NaN ever reaches Tune, ASHA or Optuna

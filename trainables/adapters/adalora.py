@@ -36,7 +36,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from trainables.adapters.base import Options, scaling_exponent
+from trainables.adapters.base import Options
+from trainables.contract import scaling_exponent
 from trainables.adapters.export import LowRank, exported_params, live_factors, save_plain_lora
 from trainables.adapters.lora import TASK_TYPES, LoRA, lora_layers
 from trainables.models import classifier_head_names, resolve_target_modules

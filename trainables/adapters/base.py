@@ -6,7 +6,6 @@ must guarantee).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Protocol
 
@@ -14,23 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-SCALING_NAMES = {"lora": 1.0, "rora": 0.5, "rslora": 0.5}
-
-
-def scaling_exponent(scaling: str | float) -> float:
-    """`s = alpha / r**p`: 'lora' -> p=1, 'rora'/'rslora' -> p=0.5, or a number in [0, 1]."""
-    if isinstance(scaling, str):
-        if scaling in SCALING_NAMES:
-            return SCALING_NAMES[scaling]
-        try:
-            scaling = float(scaling)
-        except ValueError:
-            raise ValueError(f"scaling must be one of {sorted(SCALING_NAMES)} or a number in [0, 1], got {scaling!r}") from None
-    p = float(scaling)
-    if not 0.0 <= p <= 1.0 or math.isnan(p):
-        raise ValueError(f"scaling exponent must be in [0, 1], got {p}")
-    return p
-
+from trainables.contract import scaling_exponent
 
 def scale(alpha: float, rank: int, scaling: str | float) -> float:
     return alpha / rank ** scaling_exponent(scaling)
