@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from raysearch.redaction import redact
 from raysearch.spec import DEFAULT_STORAGE, SpecError, load_spec
@@ -371,58 +370,18 @@ def evaluate(
 
 
 def print_evaluation(label: str, result) -> None:
-    table = Table(title=f"{label}\n{result.data}")
-    for column in ("source", "records", result.metric, "95% interval", "majority", "chance"):
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for score in [*result.per_source, result.overall]:
-        table.add_row(score.source, str(score.n), f"{score.value:.4f}", f"{score.low:.4f} - {score.high:.4f}",
-                      fmt(score.majority), fmt(score.chance))
-    console.print(table)
+    from raysearch.tables import evaluation_table
+
+    console.print(evaluation_table(label, result))
 
 
 def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | None) -> None:
-    from raysearch.runs import leaderboard as rows_for
+    from raysearch.tables import leaderboard_table
 
     try:
-        nested = rows_for(mlflow_uri, name, pareto_only=pareto, top=top)
+        console.print(leaderboard_table(mlflow_uri, name, pareto=pareto, top=top))
     except ValueError as err:
         fail(str(err))
-    # Sampled params win over metrics of the same name (the metric `lr` is the schedule's value).
-    rows = [{**row["metrics"], **{k: number(v) for k, v in row["params"].items()},
-             **{k: v for k, v in row.items() if k not in ("params", "metrics")}} for row in nested]
-    # The `pareto` flag comes from runs.rows_of: only trials that ran to the end are on the front.
-    title = "Pareto front (finished trials)" if pareto else "leaderboard"
-    table = Table(title=f"{name}: {title} ({len(rows)} trials)")
-    metrics = sorted({k for r in rows for k in r if k.startswith("val_") and k != "val_loss"})
-    columns = [c for c in ("trial_id", "variant", "rank", "alpha", "scaling_rule", "lr", *metrics,
-                           "val_loss", "adapter_params", "status", "pareto")
-               if any(c in r for r in rows)]
-    for c in columns:
-        table.add_column(c, justify="left" if c in ("trial_id", "variant", "scaling_rule", "status") else "right")
-    for r in rows:
-        table.add_row(*(r["trial_id"][:8] if c == "trial_id" else fmt(r.get(c)) for c in columns))
-    console.print(table)
-
-
-def number(text: str) -> object:
-    """MLflow params are strings: show numbers as numbers."""
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
-def fmt(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"  # parameter counts come back from MLflow as floats
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 if __name__ == "__main__":

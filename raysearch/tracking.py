@@ -19,7 +19,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,74 +29,17 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from raysearch.outcome import last_error_line
-from trainables.contract import (ADAPTER_PARAMS, CHECKPOINT_PATH, DIVERGED_STATUS, EFFECTIVE_LORAPLUS_RATIO,
-                                 RANK_ALLOCATION, RESUMED_FROM_STEP, SCALING_EXPONENT, STEP, trial_status)
 from raysearch.plots import write_csv, write_html, write_png
 from raysearch.ranks import parse as parse_ranks, write_heatmap
-from raysearch.runs import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, TAG_ERROR,
-                            TAG_EXPERIMENT_KIND, TAG_OBJECTIVES, TAG_PARENT, TAG_PARETO, TAG_REASON, TAG_ROLE,
-                            TAG_SEARCH_ID, TAG_STATUS, TAG_TRIAL_ID, MAX_TAG_CHARS, children, finite, rows_of)
-from raysearch.redaction import loggable, redact
+from raysearch.logged import artifact_location, metrics_of, params_of, result_step, scaling_rule, trial_checkpoint
+from raysearch.redaction import redact
+from raysearch.runs import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, MAX_TAG_CHARS,
+                            TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_OBJECTIVES, TAG_PARENT, TAG_PARETO, TAG_REASON, TAG_ROLE,
+                            TAG_SEARCH_ID, TAG_STATUS, TAG_TRIAL_ID, children, finite, rows_of)
+from trainables.contract import (ADAPTER_PARAMS, DIVERGED_STATUS, EFFECTIVE_LORAPLUS_RATIO, RANK_ALLOCATION,
+                                 SCALING_EXPONENT, trial_status)
 
 log = logging.getLogger(__name__)
-
-
-_PLAIN_METRICS = (ADAPTER_PARAMS, "train_loss", "lr", "epoch", RESUMED_FROM_STEP, "eval_s")
-_MAX_PARAM_CHARS = 6000  # MLflow 3 limit on a param value
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _artifact_location(mlflow_uri: str, experiment_name: str) -> str | None:
-    """A sqlite store keeps artifacts next to its database file, not in the driver's working
-    directory (MLflow's default), which for a Ray job is a temporary copy of the project.
-    None for servers and databases: the server decides."""
-    if not mlflow_uri.startswith("sqlite:///"):
-        return None
-    database = Path(mlflow_uri[len("sqlite:///"):]).resolve()
-    return (database.parent / "mlruns" / experiment_name).as_uri()
-
-
-def _params(config: Mapping[str, Any]) -> dict[str, str]:
-    """Flattened, stringified, secret-free params ready for MLflow."""
-    params = {}
-    for key, value in _flatten(config).items():
-        params[key] = loggable(key, value)[:_MAX_PARAM_CHARS]
-    return params
-
-
-def _metrics_from_result(result: Mapping[str, Any], extra_keys: Iterable[str] = ()) -> dict[str, float]:
-    """The finite metrics of one reported result worth keeping in MLflow."""
-    wanted = {k for k in result if k.startswith("val_")} | set(_PLAIN_METRICS) | set(extra_keys)
-    return {k: float(result[k]) for k in sorted(wanted) if k in result and finite(result[k])}
-
-
-def scaling_rule(exponent: float) -> str:
-    """The adapter scale alpha / r**p as text: alpha/r (LoRA), alpha/sqrt(r) (RoRA, rsLoRA, GoRA)."""
-    if exponent == 1.0:
-        return "alpha/r"
-    if exponent == 0.5:
-        return "alpha/sqrt(r)"
-    return f"alpha/r^{exponent:g}"
-
-
-def _result_step(result: Mapping[str, Any]) -> int:
-    step = result.get(STEP)
-    if step is None or not finite(step):
-        step = result.get("training_iteration", 0) or 0
-    return int(step)
 
 
 # --------------------------------------------------------------------------- the callback
@@ -177,7 +120,7 @@ class MlflowTracking(Callback):
             experiment = client.get_experiment_by_name(self.experiment_name)
             self.experiment_id = (
                 experiment.experiment_id if experiment else client.create_experiment(
-                    self.experiment_name, artifact_location=_artifact_location(self.mlflow_uri, self.experiment_name))
+                    self.experiment_name, artifact_location=artifact_location(self.mlflow_uri, self.experiment_name))
             )
             if experiment is None or experiment.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
                 # MLflow 3 opens an experiment of unknown kind on its GenAI overview (traces);
@@ -190,7 +133,7 @@ class MlflowTracking(Callback):
         if self.parent_run_id is None:
             run = client.create_run(self.experiment_id, run_name=f"search-{time.strftime('%Y%m%d-%H%M%S')}")
             self.parent_run_id = run.info.run_id
-            params = _params(self.search_config)
+            params = params_of(self.search_config)
             params["objectives"] = json.dumps(self.objectives)
             client.log_batch(
                 self.parent_run_id,
@@ -266,7 +209,7 @@ class MlflowTracking(Callback):
                 tags={TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running"},
             )
         logged = run.data.params
-        params = {k: v for k, v in _params(getattr(trial, "config", None) or {}).items() if k not in logged}
+        params = {k: v for k, v in params_of(getattr(trial, "config", None) or {}).items() if k not in logged}
         if params:
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         self._run_ids[trial_id] = run.info.run_id
@@ -309,10 +252,10 @@ class MlflowTracking(Callback):
         run_id = self._child_run_id(trial)
         self._last_results[str(trial.trial_id)] = dict(result)
         self._log_effective(run_id, result)
-        metrics = _metrics_from_result(result, extra_keys=self.objectives)
+        metrics = metrics_of(result, extra_keys=self.objectives)
         if not metrics:
             return
-        step, now, trial_id = _result_step(result), int(time.time() * 1000), str(trial.trial_id)
+        step, now, trial_id = result_step(result), int(time.time() * 1000), str(trial.trial_id)
         if step <= self._last_logged_step(trial_id, run_id):
             # A restarted trial (killed process, retried error, resumed search) trains again
             # from the newest checkpoint the driver knew of, or from the start when it knew
@@ -346,7 +289,7 @@ class MlflowTracking(Callback):
         run_id = self._child_run_id(trial)
         status = trial_status(self._last_result(trial))
         self._client.set_tag(run_id, TAG_STATUS, status)
-        self._log_adapter(run_id, _trial_checkpoint(trial, self._last_result(trial), self.storage_scheme))
+        self._log_adapter(run_id, trial_checkpoint(trial, self._last_result(trial), self.storage_scheme))
         self._log_ranks(run_id, self._last_result(trial))
         self._client.set_terminated(run_id, "FAILED" if status == DIVERGED_STATUS else "FINISHED")
         self._update_pareto_tags()
@@ -381,7 +324,7 @@ class MlflowTracking(Callback):
             ranks = parse_ranks(allocation)
             with tempfile.TemporaryDirectory() as out:
                 Path(out, "ranks.json").write_text(json.dumps(ranks, indent=1))
-                write_heatmap(Path(out, "ranks.png"), ranks, title=f"live ranks at step {_result_step(result)}")
+                write_heatmap(Path(out, "ranks.png"), ranks, title=f"live ranks at step {result_step(result)}")
                 self._client.log_artifacts(run_id, out, artifact_path="ranks")
         except Exception as error:  # noqa: BLE001 - a missing plot must not end the search
             log.warning("could not log the rank allocation of run %s: %s", run_id, error)
@@ -442,17 +385,3 @@ class MlflowTracking(Callback):
             client.set_terminated(self.parent_run_id, status)
 
 
-def _trial_checkpoint(trial: Any, result: dict, storage_scheme: str = "") -> Any:
-    """The trial's checkpoint: Tune's own, or the Ray Train checkpoint whose path the
-    Tune function forwarded (TuneReportCallback reports it as `checkpoint_path`, without
-    its filesystem: `bucket/key` for s3://bucket/key, so the scheme is put back)."""
-    if getattr(trial, "checkpoint", None) is not None:
-        return trial.checkpoint
-    path = result.get(CHECKPOINT_PATH)
-    if not path:
-        return None
-    from ray.tune import Checkpoint
-
-    if storage_scheme and "://" not in path:
-        path = f"{storage_scheme}://{path}"
-    return Checkpoint(path)

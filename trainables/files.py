@@ -21,3 +21,16 @@ def source_name(path: str) -> str:
     """A data source's default name in per-source scores: its file (or folder) name up to the
     first dot (`boolq.train.json` -> `boolq`)."""
     return Path(str(path).rstrip("/")).name.split(".")[0] or str(path)
+
+
+def is_local_source(source: str) -> bool:
+    """Whether a dataset source is a local file or folder (not `hf:`, `builtin:` or a URI)."""
+    return not source.startswith(("hf:", "builtin:")) and "://" not in source
+
+
+def split_files(path: Path) -> list[Path]:
+    """The files a local dataset is read from: the file itself, or a folder's train/validation files."""
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return [f for f in (find_split_file(files, ("train",)), find_split_file(files, VALIDATION_STEMS)) if f is not None]

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
-from raysearch.cli import app, number
+from raysearch.cli import app
+from raysearch.tables import number
 from raysearch.pareto import pareto_mask
 from raysearch.spec import load_spec
 from tiny_search import write_experiment

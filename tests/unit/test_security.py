@@ -11,7 +11,7 @@ from raysearch import resources
 from raysearch.cli import app
 from raysearch.redaction import is_redacted, loggable, redact
 from raysearch.spec import spec_from_dict
-from raysearch.tracking import _params
+from raysearch.logged import params_of
 from raysearch.tuner import base_config
 from trainables import models
 
@@ -84,5 +84,5 @@ def test_credentials_are_redacted_and_secret_names_masked():
     assert is_redacted(redact("https://user:pw@host:5000/x")) and not is_redacted("sqlite:///mlflow.db")
     assert loggable("task.hf_token", "hf_abc") == "***"
     assert loggable("tracking.mlflow_uri", "https://a:b@h") == "https://***@h"
-    params = _params({"tracking": {"mlflow_uri": "https://a:b@h"}, "api_key": "k", "train": {"lr": 0.1}})
+    params = params_of({"tracking": {"mlflow_uri": "https://a:b@h"}, "api_key": "k", "train": {"lr": 0.1}})
     assert params == {"tracking.mlflow_uri": "https://***@h", "api_key": "***", "train.lr": "0.1"}
