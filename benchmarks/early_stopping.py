@@ -43,6 +43,7 @@ harness.set_environment()
 
 import numpy as np  # noqa: E402
 
+import asha_replay  # noqa: E402
 import search_efficiency as efficiency  # noqa: E402
 from raysearch.pareto import hypervolume  # noqa: E402
 from raysearch.spec import spec_from_dict  # noqa: E402
@@ -105,7 +106,7 @@ def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any
         finished = [(r["val_accuracy"], float(r["adapter_params"])) for r in results if ran_to_the_end(r)]
         runs[scheduler] = {"steps": int(sum(r.get("step", 0) for r in results)), "finished": finished,
                            "wall_s": run.wall_s}
-    curves = efficiency.trial_curves(workdir / "results" / name_of("none", seed) / "tune")
+    curves = asha_replay.trial_curves(workdir / "results" / name_of("none", seed) / "tune")
     reference = reference_of(curves)
     none = {"trial_steps": runs["none"]["steps"], "hv": front_hypervolume(runs["none"]["finished"], reference),
             "best_val_accuracy": max(a for a, _ in runs["none"]["finished"])}
@@ -121,7 +122,7 @@ def replay_rows(seed: int, workdir: Path, replays: int) -> list[dict[str, Any]]:
     import yaml
 
     experiment = yaml.safe_load((workdir / f"{name_of('none', seed)}.yaml").read_text())
-    curves = efficiency.trial_curves(workdir / "results" / experiment["name"] / "tune")
+    curves = asha_replay.trial_curves(workdir / "results" / experiment["name"] / "tune")
     return replay_on(experiment, curves, seed, replays)
 
 
@@ -138,10 +139,10 @@ def replay_on(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], se
     rows = []
     for label, stopping in REPLAYED:
         spec = spec_from_dict({**experiment, "search": {**experiment["search"], "early_stopping": stopping}})
-        recorded = efficiency.replay_search(curves, build_scheduler(spec), concurrency, None)
+        recorded = asha_replay.replay_search(curves, build_scheduler(spec), concurrency, None)
         rng = np.random.default_rng(0)
         jittered = [measured(label, seed, r["trial_steps"], r["finished"], none, reference)
-                    for r in (efficiency.replay_search(curves, build_scheduler(spec), concurrency, rng)
+                    for r in (asha_replay.replay_search(curves, build_scheduler(spec), concurrency, rng)
                               for _ in range(replays))]
         rows.append({**measured(label, seed, recorded["trial_steps"], recorded["finished"], none, reference),
                      "part": "replay", "replays": replays,

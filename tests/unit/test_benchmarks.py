@@ -82,12 +82,12 @@ def synthetic_curves() -> list[list[dict]]:
 
 
 def test_asha_replay_runs_raysearchs_scheduler_on_recorded_curves():
-    module = load("search_efficiency")
-    harness = sys.modules["harness"]
+    load("search_efficiency")  # puts the benchmarks' folder on the path
+    replay, harness = load("asha_replay"), sys.modules["harness"]
     search = {"sampler": "random", "num_trials": 3, "max_concurrent": 1,
               "space": {"rank": {"choice": [2, 4]}}}
     experiment = harness.experiment("replay", harness.SST2, harness.Sizes(train_examples=64, eval_examples=32), search)
-    rows = module.replay_rows(experiment, synthetic_curves(), runs=5)
+    rows = replay.replay_rows(experiment, synthetic_curves(), runs=5)
     by_setting = {(r["metric"], r["reduction_factor"], r["grace"]): r for r in rows}
     assert set(by_setting) == {(m, f, g) for m in ("val_loss", "val_accuracy") for f in (2, 3) for g in (1, 2, 3)}
     # val_loss, grace 1: the first trial passes the rung alone, the second is below the
@@ -101,7 +101,7 @@ def test_asha_replay_runs_raysearchs_scheduler_on_recorded_curves():
     # evaluation leaves no rung a trial reaches before its end: nothing is stopped.
     for setting in [("val_accuracy", 3, 1), ("val_loss", 3, 2), ("val_loss", 2, 3)]:
         assert by_setting[setting]["recorded_steps"] == 1.0 and by_setting[setting]["recorded_points"] == 0.0
-    assert "the trial that ends best (0.9000) ranks 3 of 3 by its first val_loss" in module.first_evaluation(
+    assert "the trial that ends best (0.9000) ranks 3 of 3 by its first val_loss" in replay.first_evaluation(
         synthetic_curves())
 
 
