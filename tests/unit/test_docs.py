@@ -136,3 +136,27 @@ def test_link_checks_catch_missing_files_anchors_and_outside_paths():
     assert slug("1-worker trials run inline (changed from \"one Ray Train run per trial\")") == \
         "1-worker-trials-run-inline-changed-from-one-ray-train-run-per-trial"
     assert slug("adapter_params = what the export holds") == "adapter_params--what-the-export-holds"
+
+
+MODULE_LINES = 400  # issue 19: a module a reader can hold in mind
+
+
+def test_each_module_says_what_it_owns_stays_short_and_is_in_the_layout():
+    """Every module of the driver and the worker opens with a docstring, is at most
+    MODULE_LINES long, and is named in docs/design.md's Layout tables (adapters: the folder)."""
+    import ast
+
+    layout = (REPO / "docs" / "design.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    problems = []
+    for path in sorted([*REPO.glob("raysearch/*.py"), *REPO.glob("trainables/*.py"), *REPO.glob("trainables/adapters/*.py")]):
+        name = path.relative_to(REPO).as_posix()
+        if path.name == "__init__.py" and not path.read_text().strip():
+            continue
+        text = path.read_text()
+        if not (ast.get_docstring(ast.parse(text)) or "").strip():
+            problems.append(f"{name}: no docstring saying what it owns")
+        if len(text.splitlines()) > MODULE_LINES:
+            problems.append(f"{name}: {len(text.splitlines())} lines (> {MODULE_LINES})")
+        if "adapters/" not in name and f"`{name}`" not in layout:
+            problems.append(f"{name}: not in docs/design.md's Layout")
+    assert not problems, "\n".join(problems)
