@@ -118,11 +118,20 @@ def _option_models(adapters: dict[str, Any], name: str) -> list[type[BaseModel]]
     return models
 
 
+def renamed_options(adapters: dict[str, Any]) -> dict[str, str]:
+    """Former option name -> its name now, over every variant (`Options.renamed`)."""
+    return {old: new for cls in adapters.values()
+            for old, new in (getattr(getattr(cls, "options", None), "renamed", None) or {}).items()}
+
+
 def _adapter_option_problems(spec: Spec, adapters: dict[str, Any]) -> list[Problem]:
     """Keys of `adapter:` beyond the shared fields must be some variant's option, with a valid value."""
-    problems = []
+    problems, renamed = [], renamed_options(adapters)
     for key, value in (spec.adapter.model_extra or {}).items():
         models = _option_models(adapters, key)
+        if not models and key in renamed:
+            problems.append(Problem(f"adapter.{key}", value, f"renamed to '{renamed[key]}' (adapter.{renamed[key]})"))
+            continue
         if not models:
             known = sorted(set(AdapterSpec.model_fields) | {
                 f for cls in adapters.values() for f in getattr(getattr(cls, "options", None), "model_fields", {})})
@@ -141,8 +150,12 @@ def semantic_problems(spec: Spec) -> list[Problem]:
     adapter_dims = set().union(*(cls.hyperparams for cls in adapters.values())) if adapters else set()
     allowed = {"variant"} | TRAIN_DIMENSIONS | TASK_DIMENSIONS | adapter_dims
     problems = _variant_problems(spec, adapters)
+    renamed = renamed_options(adapters)
     for name, dim in space.items():
-        if name not in allowed:
+        if name not in allowed and name in renamed:
+            problems.append(Problem(f"search.space.{name}", dim.model_dump(by_alias=True, exclude_defaults=True),
+                                    f"renamed to '{renamed[name]}' (search.space.{renamed[name]})"))
+        elif name not in allowed:
             problems.append(Problem(f"search.space.{name}", dim.model_dump(by_alias=True, exclude_defaults=True),
                                     f"unknown dimension; allowed: {', '.join(sorted(allowed))}"))
         elif name in TrainSpec.model_fields and name != "variant":

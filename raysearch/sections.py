@@ -183,7 +183,7 @@ class TrainSpec(_Model):
 
 class AdapterSpec(_Model):
     # Besides these shared fields, a variant's own options (GoRA's `gora_gamma`, SoRA's
-    # `sparsity_lambda`...) may be set here; `_adapter_option_problems` checks them
+    # `sora_lambda`...) may be set here; `_adapter_option_problems` checks them
     # against the variants' `options` models.
     model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 

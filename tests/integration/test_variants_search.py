@@ -23,7 +23,7 @@ def test_variants_space_runs_every_variant(tmp_path, tiny_model_dir, monkeypatch
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     small = ["model=" + str(tiny_model_dir), "task.max_length=24", "task.max_train_examples=96",
              "task.max_eval_examples=48", "train.batch_size=8", "train.epochs=1", "train.eval_every_steps=3",
-             "adapter.gora_batches=4", "adapter.sparsity_lambda=0.5"]
+             "adapter.gora_batches=4", "adapter.sora_lambda=0.5"]
     args = ["run", "--space", str(SPACE), "--storage", str(tmp_path / "results"), "--mlflow-uri", uri]
     result = CliRunner().invoke(app, args + [a for s in small for a in ("--set", s)])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""AdaLoRA: the real step count reaches PEFT, the budget schedule prunes to target_r,
+"""AdaLoRA: the real step count reaches PEFT, the budget schedule prunes to adalora_target_r,
 the orthogonality penalty is in the training loss (once, for both task types), and the
 export is the trained model."""
 from __future__ import annotations
@@ -47,27 +47,27 @@ def live_total(adapter, model) -> int:
     return sum(adapter.rank_allocation(model).values())
 
 
-def cubic_budget(step: int, total: int, tinit: int, tfinal: int, init_bgt: int, target_bgt: int) -> int:
+def cubic_budget(step: int, total: int, adalora_tinit: int, adalora_tfinal: int, init_bgt: int, target_bgt: int) -> int:
     """The paper's schedule, written out independently of PEFT."""
-    if step <= tinit:
+    if step <= adalora_tinit:
         return init_bgt
-    if step >= total - tfinal:
+    if step >= total - adalora_tfinal:
         return target_bgt
-    return int((init_bgt - target_bgt) * (1 - (step - tinit) / (total - tfinal - tinit)) ** 3 + target_bgt)
+    return int((init_bgt - target_bgt) * (1 - (step - adalora_tinit) / (total - adalora_tfinal - adalora_tinit)) ** 3 + target_bgt)
 
 
 def test_registered_with_its_options():
     assert ADAPTERS["adalora"] is AdaLoRA
-    assert {"init_r", "target_r", "tinit", "tfinal", "delta_t", "orth_reg_weight"} <= AdaLoRA.hyperparams
+    assert {"adalora_init_r", "adalora_target_r", "adalora_tinit", "adalora_tfinal", "adalora_delta_t", "adalora_orth_weight"} <= AdaLoRA.hyperparams
     assert {"rank", "alpha", "scaling", "loraplus_ratio"} <= AdaLoRA.hyperparams
 
 
-@pytest.mark.parametrize("total,tinit,tfinal,expected", [
+@pytest.mark.parametrize("total,adalora_tinit,adalora_tfinal,expected", [
     (200, 0.1, 0.2, (20, 40)), (1000, 0.05, 0.3, (50, 300)), (3, 0.1, 0.2, (0, 0)),
     (1, 0.1, 0.2, (0, 0)), (2, 0.49, 0.49, (0, 0)), (7, 0.45, 0.45, (3, 3)),
 ])
-def test_total_step_is_the_real_step_count_and_fractions_become_steps(total, tinit, tfinal, expected, base_dir):
-    adapter, model = attached(base_dir, total, tinit=tinit, tfinal=tfinal, delta_t=3)
+def test_total_step_is_the_real_step_count_and_fractions_become_steps(total, adalora_tinit, adalora_tfinal, expected, base_dir):
+    adapter, model = attached(base_dir, total, adalora_tinit=adalora_tinit, adalora_tfinal=adalora_tfinal, adalora_delta_t=3)
     config = model.peft_config["default"]
     assert config.total_step == total
     assert (config.tinit, config.tfinal) == expected
@@ -94,9 +94,9 @@ def test_update_and_allocate_runs_after_every_optimizer_step(base_dir, monkeypat
 
 @pytest.fixture(scope="module")
 def pruned(base_dir):
-    """init_r 6 -> target_r 2 over 20 steps (tinit 2, tfinal 4), one allocation per step."""
+    """adalora_init_r 6 -> adalora_target_r 2 over 20 steps (adalora_tinit 2, adalora_tfinal 4), one allocation per step."""
     total = 20
-    adapter, model = attached(base_dir, total, init_r=6, target_r=2, tinit=0.1, tfinal=0.2, delta_t=1)
+    adapter, model = attached(base_dir, total, adalora_init_r=6, adalora_target_r=2, adalora_tinit=0.1, adalora_tfinal=0.2, adalora_delta_t=1)
     n_modules = len(adapter.rank_allocation(model))
     history = {}
     train(adapter, model, total, on_step=lambda step: history.update(
@@ -162,7 +162,7 @@ def orth_penalty(model) -> torch.Tensor:
 
 
 def test_orthogonality_penalty_is_in_the_training_loss_only(base_dir):
-    adapter, model = attached(base_dir, 10, orth_reg_weight=0.3)
+    adapter, model = attached(base_dir, 10, adalora_orth_weight=0.3)
     train(adapter, model, 2)  # move off the init so the penalty is not just √r
     data = batch(7)
     model.train()
@@ -181,7 +181,7 @@ def test_orthogonality_penalty_is_in_the_training_loss_only(base_dir):
 
 def test_classification_counts_the_penalty_once(base_dir):
     """PEFT adds it through `labels`; extra_loss adds nothing on top."""
-    adapter, model = attached(base_dir, 10, orth_reg_weight=0.3)
+    adapter, model = attached(base_dir, 10, adalora_orth_weight=0.3)
     train(adapter, model, 2)
     data = batch(7)
     model.train()
@@ -219,7 +219,7 @@ def causal_training_loss(adapter, model, task: CausalLMTask, step: int) -> torch
 
 
 def test_causal_lm_training_loss_has_the_penalty_peft_adds_with_labels():
-    adapter, model = causal_attached(10, orth_reg_weight=0.3)
+    adapter, model = causal_attached(10, adalora_orth_weight=0.3)
     task = CausalLMTask({"precision": "fp32"}, torch.device("cpu"), seed=0)
     optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
     model.train()
@@ -246,7 +246,7 @@ def test_causal_lm_training_loss_has_the_penalty_peft_adds_with_labels():
 
 
 def test_causal_lm_penalty_is_absent_in_eval_mode():
-    adapter, model = causal_attached(10, orth_reg_weight=0.3)
+    adapter, model = causal_attached(10, adalora_orth_weight=0.3)
     task = CausalLMTask({"precision": "fp32"}, torch.device("cpu"), seed=0)
     model.eval()
     assert adapter.extra_loss(model, 1) is None
@@ -254,7 +254,7 @@ def test_causal_lm_penalty_is_absent_in_eval_mode():
     torch.testing.assert_close(model(**causal_batch(1)).loss, task.loss(model, causal_batch(1)))  # nor from PEFT
     model.train()  # and back on
     assert adapter.extra_loss(model, 1) is not None
-    assert AdaLoRA({**CONFIG, "orth_reg_weight": 0.0}, "causal_lm", total_steps=10).extra_loss(model, 1) is None
+    assert AdaLoRA({**CONFIG, "adalora_orth_weight": 0.0}, "causal_lm", total_steps=10).extra_loss(model, 1) is None
 
 
 def test_penalty_gives_a_and_b_gradients_at_the_first_step(base_dir):
@@ -275,31 +275,31 @@ def test_scaling_rule_uses_init_r(base_dir):
 def test_default_init_and_target_ranks():
     adapter = AdaLoRA({**CONFIG, "rank": 12}, "classification", total_steps=10)
     assert (adapter.init_r, adapter.target_r) == (12, 8)  # the paper's b_0 = 1.5 b_T
-    adapter = AdaLoRA({**CONFIG, "rank": 12, "init_r": 3}, "classification", total_steps=10)
+    adapter = AdaLoRA({**CONFIG, "rank": 12, "adalora_init_r": 3}, "classification", total_steps=10)
     assert (adapter.init_r, adapter.target_r) == (3, 2)
     assert AdaLoRA({**CONFIG, "rank": 1}, "classification").target_r == 1
 
 
 def test_target_r_above_init_r_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"target_r \(8\) must be at most init_r \(4\)"):
-        AdaLoRA({**CONFIG, "rank": 4, "target_r": 8}, "classification", total_steps=10)
-    with pytest.raises(ValueError, match=r"target_r \(5\) must be at most init_r \(3\)"):
-        AdaLoRA({**CONFIG, "rank": 16, "init_r": 3, "target_r": 5}, "classification", total_steps=10)
+    with pytest.raises(ValueError, match=r"adalora_target_r \(8\) must be at most adalora_init_r \(4\)"):
+        AdaLoRA({**CONFIG, "rank": 4, "adalora_target_r": 8}, "classification", total_steps=10)
+    with pytest.raises(ValueError, match=r"adalora_target_r \(5\) must be at most adalora_init_r \(3\)"):
+        AdaLoRA({**CONFIG, "rank": 16, "adalora_init_r": 3, "adalora_target_r": 5}, "classification", total_steps=10)
 
 
 def test_schedule_without_a_pruning_phase_is_a_clear_error():
-    with pytest.raises(ValueError, match="tinit \\+ tfinal must be < 1"):
-        AdaLoRA({**CONFIG, "tinit": 0.5, "tfinal": 0.5}, "classification", total_steps=10)
+    with pytest.raises(ValueError, match="adalora_tinit \\+ adalora_tfinal must be < 1"):
+        AdaLoRA({**CONFIG, "adalora_tinit": 0.5, "adalora_tfinal": 0.5}, "classification", total_steps=10)
 
 
-@pytest.mark.parametrize("field,value", [("target_r", 0), ("tinit", 1.0), ("tfinal", -0.1), ("delta_t", 0),
-                                         ("orth_reg_weight", -1.0), ("sensitivity_beta", 1.0)])
+@pytest.mark.parametrize("field,value", [("adalora_target_r", 0), ("adalora_tinit", 1.0), ("adalora_tfinal", -0.1), ("adalora_delta_t", 0),
+                                         ("adalora_orth_weight", -1.0), ("adalora_sensitivity_beta", 1.0)])
 def test_option_bounds(field, value):
     with pytest.raises(ValueError):
         AdaLoRAOptions.model_validate({field: value})
 
 
 def test_equal_ranks_train_without_pruning(base_dir):
-    adapter, model = attached(base_dir, 4, rank=4, target_r=4)
+    adapter, model = attached(base_dir, 4, rank=4, adalora_target_r=4)
     train(adapter, model, 4)
     assert set(adapter.rank_allocation(model).values()) == {4}

@@ -234,3 +234,42 @@ def test_the_budget_is_final_from_the_step_the_variant_says(name, tiny_bert_dir)
         assert adapter.updating(settles) and not any(adapter.updating(s) for s in range(settles + 1, RESUME_TOTAL + 1))
     if name in ("adalora", "alora_alloc"):  # their schedules move ranks on this tiny model within 16 steps
         assert counts[0][1] != counts[RESUME_TOTAL][1] and settles > 0, counts
+
+
+def test_option_names_carry_their_variant_and_collide_with_nothing():
+    """A variant's options share the `adapter:` namespace with every other variant's and sit
+    beside `train:` and `task:` keys in a search space: each starts with its variant's name
+    (`sora_`, `gora_`, `alora_` for alora_alloc), none is a field of a section, two variants
+    never declare the same one, and a former name (`renamed`) is no longer anyone's option."""
+    from raysearch.sections import AdapterSpec, TaskSpec, TrainSpec
+
+    sections = set(TrainSpec.model_fields) | set(TaskSpec.model_fields) | set(AdapterSpec.model_fields)
+    owners: dict[str, type] = {}
+    for name, cls in sorted(ADAPTERS.items()):
+        for option in cls.options.model_fields:
+            assert option.startswith(name.split("_")[0] + "_"), (name, option)
+            assert option not in sections, (name, option)
+            assert owners.setdefault(option, cls.options) is cls.options, (name, option, owners[option])
+    for cls in ADAPTERS.values():
+        for old, new in cls.options.renamed.items():
+            assert new in cls.options.model_fields and old not in owners, (old, new)
+
+
+@pytest.mark.parametrize("where, old, new", [
+    ("adapter", "gate_lr", "sora_gate_lr"), ("adapter", "init_r", "adalora_init_r"),
+    ("space", "sparsity_lambda", "sora_lambda"), ("space", "target_density", "salora_target_density"),
+])
+def test_a_former_option_name_is_an_error_that_names_the_new_one(monkeypatch, where, old, new):
+    import raysearch.checks as checks
+    from raysearch.spec import SpecError, spec_from_dict
+
+    monkeypatch.setattr(checks, "ADAPTERS", ADAPTERS)
+    variant = new.split("_")[0]
+    search = {"space": {"rank": {"choice": [4]}}}
+    data = ({"adapter": {"variant": variant, old: 0.5}, "search": search} if where == "adapter" else
+            {"adapter": {"variant": variant}, "search": {"space": {old: {"uniform": [0.1, 0.9]}}}})
+    with pytest.raises(SpecError) as error:
+        spec_from_dict(data)
+    path = f"adapter.{old}" if where == "adapter" else f"search.space.{old}"
+    (problem,) = [p for p in error.value.problems if p.path == path]
+    assert problem.message.startswith(f"renamed to '{new}'")

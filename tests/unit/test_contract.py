@@ -51,8 +51,8 @@ def test_a_sampled_dimension_sets_the_section_validation_checks_it_against():
 
     assert TRAIN_DIMENSIONS <= set(TrainSpec.model_fields) and TASK_DIMENSIONS <= set(TaskSpec.model_fields)
     base = {"train": {"lr": 1e-3, "epochs": 1}, "adapter": {"rank": 4}, "task": {"target": "attention"}, "model": "m"}
-    config = trial_config(base, {"lr": 5e-4, "rank": 16, "target": "all_linear", "gate_lr": 0.1, "epochs": 2})
+    config = trial_config(base, {"lr": 5e-4, "rank": 16, "target": "all_linear", "sora_gate_lr": 0.1, "epochs": 2})
     assert config["train"] == {"lr": 5e-4, "epochs": 2}
-    assert config["adapter"] == {"rank": 16, "gate_lr": 0.1}
+    assert config["adapter"] == {"rank": 16, "sora_gate_lr": 0.1}
     assert config["task"] == {"target": "all_linear"} and config["model"] == "m"
     assert base["train"]["lr"] == 1e-3  # the experiment's defaults are not changed

@@ -65,13 +65,13 @@ def log_alphas(adapter: SaLoRA, model) -> torch.Tensor:
 
 def test_registered_with_its_options():
     assert ADAPTERS["salora"] is SaLoRA
-    assert {"rank", "alpha", "target_density", "orth_weight", "salora_t_start", "salora_t_end",
-            "lagrangian_lr"} <= SaLoRA.hyperparams
+    assert {"rank", "alpha", "salora_target_density", "salora_orth_weight", "salora_t_start", "salora_t_end",
+            "salora_lagrangian_lr"} <= SaLoRA.hyperparams
 
 
 def test_options_bounds_and_window():
-    for bad in ({"target_density": 0.0}, {"target_density": 1.5}, {"orth_weight": -0.1},
-                {"salora_t_start": 1.0}, {"salora_t_end": 0.0}, {"lagrangian_lr": 0.0}):
+    for bad in ({"salora_target_density": 0.0}, {"salora_target_density": 1.5}, {"salora_orth_weight": -0.1},
+                {"salora_t_start": 1.0}, {"salora_t_end": 0.0}, {"salora_lagrangian_lr": 0.0}):
         with pytest.raises(ValidationError):
             SaLoRAOptions.model_validate(bad)
     with pytest.raises(ValidationError, match="salora_t_start"):
@@ -150,7 +150,7 @@ def test_orthogonality_penalty_equals_its_singular_value_form(tiny_bert_dir):
     BᵀB and AAᵀ are the squared singular values), computed here with NumPy's SVD in float64 on
     random A and B, times β_orth, summed over the six modules: `extra_loss` outside the window
     (step 1 of 10 with t_start = 0.1) is that penalty alone, at init and after A and B are redrawn."""
-    adapter, model = attached(tiny_bert_dir, total_steps=10, orth_weight=0.3)
+    adapter, model = attached(tiny_bert_dir, total_steps=10, salora_orth_weight=0.3)
 
     def by_svd() -> float:
         total = 0.0
@@ -195,7 +195,7 @@ def test_exported_density_is_measured_on_the_exported_adapter(tiny_bert_dir, tmp
 
 
 def test_param_groups_gates_and_multipliers(tiny_bert_dir):
-    adapter, model = attached(tiny_bert_dir, total_steps=10, lagrangian_lr=0.3)
+    adapter, model = attached(tiny_bert_dir, total_steps=10, salora_lagrangian_lr=0.3)
     groups = adapter.param_groups(model, 1e-3, 0.01)
     gate_ids = {id(gate.log_alpha) for _, _, gate in adapter.gates(model)}
     by_kind = {}
@@ -214,7 +214,7 @@ def test_param_groups_gates_and_multipliers(tiny_bert_dir):
 
 def test_multipliers_ascend(tiny_bert_dir):
     """λ1 grows while C > b (the optimizer maximizes over λ) and shrinks while C < b."""
-    adapter, model = attached(tiny_bert_dir, total_steps=10, target_density=0.2, salora_t_start=0.0)
+    adapter, model = attached(tiny_bert_dir, total_steps=10, salora_target_density=0.2, salora_t_start=0.0)
     gap = adapter.density(model).item() - 0.2
     assert gap > 0.7  # gates start open-ish: C = 0.99
     adapter.param_groups(model, 1e-3, 0.0)
@@ -225,7 +225,7 @@ def test_multipliers_ascend(tiny_bert_dir):
     train(adapter, model, steps=5)
     assert adapter.multipliers[0] > 0 and adapter.multipliers[1] > 0
 
-    adapter, model = attached(tiny_bert_dir, total_steps=10, target_density=0.9, salora_t_start=0.0)
+    adapter, model = attached(tiny_bert_dir, total_steps=10, salora_target_density=0.9, salora_t_start=0.0)
     with torch.no_grad():
         for _, _, gate in adapter.gates(model):
             gate.log_alpha.fill_(-6.0)
@@ -236,7 +236,7 @@ def test_multipliers_ascend(tiny_bert_dir):
 
 def test_gates_and_multipliers_only_change_inside_the_window(tiny_bert_dir):
     """t_start = 0.3, t_end = 0.6 of 10 steps: log α and λ may move at steps 4, 5, 6 only."""
-    adapter, model = attached(tiny_bert_dir, total_steps=10, target_density=0.3, salora_t_start=0.3,
+    adapter, model = attached(tiny_bert_dir, total_steps=10, salora_target_density=0.3, salora_t_start=0.3,
                               salora_t_end=0.6)
     history = [(log_alphas(adapter, model), adapter.multipliers.detach().clone())]
 
@@ -260,7 +260,7 @@ def test_final_density_lands_on_target(tiny_bert_dir, tmp_path, target, one_thre
     Measured here: 0.307 and 0.700; at 600 steps b = 0.2 still undershoots (0.04).
     The exported density, counted on the adapter the export writes, is what `densities` reports;
     at b = 0.3 the export does prune (0.25 measured here), at b = 0.7 every rank stays live (1.0)."""
-    adapter, model = attached(tiny_bert_dir, total_steps=800, target_density=target)
+    adapter, model = attached(tiny_bert_dir, total_steps=800, salora_target_density=target)
     train(adapter, model, steps=800)
     densities = adapter.densities(model)
     assert densities["expected"] == pytest.approx(target, abs=0.05), densities

@@ -43,7 +43,7 @@ def train(adapter: SoRA, model, steps: int, on_step=None) -> None:
 
 def test_registered():
     assert ADAPTERS["sora"] is SoRA
-    assert {"sparsity_lambda", "sparsity_warmup", "gate_lr", "gate_init", "rank"} <= SoRA.hyperparams
+    assert {"sora_lambda", "sora_warmup", "sora_gate_lr", "sora_gate_init", "rank"} <= SoRA.hyperparams
 
 
 def test_soft_threshold_is_exact():
@@ -62,7 +62,7 @@ def test_soft_threshold_is_exact():
 
 def test_zero_gate_stays_zero_inside_the_band(tiny_bert_dir):
     """After the SGD step g − η·∇, a gate at 0 moves only if |η·∇| > η·λ, i.e. |∇| > λ."""
-    adapter, model = attached(tiny_bert_dir, sparsity_lambda=1.0, gate_lr=0.1)
+    adapter, model = attached(tiny_bert_dir, sora_lambda=1.0, sora_gate_lr=0.1)
     adapter.param_groups(model, 1e-2, 0.0)
     eta, lam = 0.1, 1.0
     for _, _, gate in adapter.gates(model):
@@ -80,7 +80,7 @@ def test_zero_gate_stays_zero_inside_the_band(tiny_bert_dir):
 
 def test_band_rule_holds_on_real_gradients(tiny_bert_dir):
     """Through training: a gate at 0 before a step is nonzero after it iff |∇g| > λ_t."""
-    adapter, model = attached(tiny_bert_dir, sparsity_lambda=1e-5, gate_lr=1.0)
+    adapter, model = attached(tiny_bert_dir, sora_lambda=1e-5, sora_gate_lr=1.0)
     train(adapter, model, steps=3)  # B grows: a gate switched off now still has a gradient
     for _, _, gate in adapter.gates(model):
         gate.weight.data[:2] = 0.0
@@ -100,7 +100,7 @@ def test_band_rule_holds_on_real_gradients(tiny_bert_dir):
 
 
 def test_large_lambda_prunes_and_counts_live_ranks(tiny_bert_dir):
-    adapter, model = attached(tiny_bert_dir, sparsity_lambda=1.0, gate_lr=0.1, gate_init="normal")
+    adapter, model = attached(tiny_bert_dir, sora_lambda=1.0, sora_gate_lr=0.1, sora_gate_init="normal")
     full = adapter.adapter_params(model)
     train(adapter, model, steps=5)
     live = {name: int((g != 0).sum()) for name, g in gate_values(adapter, model).items()}
@@ -112,7 +112,7 @@ def test_large_lambda_prunes_and_counts_live_ranks(tiny_bert_dir):
 
 
 def test_export_equals_gated_model_with_pruned_ranks(tiny_bert_dir, tmp_path):
-    adapter, model = attached(tiny_bert_dir, sparsity_lambda=1.0, gate_lr=0.1, gate_init="normal")
+    adapter, model = attached(tiny_bert_dir, sora_lambda=1.0, sora_gate_lr=0.1, sora_gate_init="normal")
     train(adapter, model, steps=5)
     ranks = adapter.rank_allocation(model)
     assert min(ranks.values()) < 4, "nothing pruned: the export's drop path is not exercised"
@@ -126,7 +126,7 @@ def test_export_equals_gated_model_with_pruned_ranks(tiny_bert_dir, tmp_path):
 
 
 def test_all_ranks_pruned_exports_the_base_plus_head(tiny_bert_dir, tmp_path):
-    adapter, model = attached(tiny_bert_dir, sparsity_lambda=100.0, gate_lr=0.1)
+    adapter, model = attached(tiny_bert_dir, sora_lambda=100.0, sora_gate_lr=0.1)
     train(adapter, model, steps=1)  # threshold 10 > every gate
     assert sum(adapter.rank_allocation(model).values()) == 0
     expected = logits(model, batch(9))
@@ -183,7 +183,7 @@ def test_the_loop_clips_the_rest_but_steps_the_gates_on_their_raw_gradient(tiny_
 
 
 def test_gate_lr_follows_the_main_schedule(tiny_bert_dir):
-    adapter, model = attached(tiny_bert_dir, gate_lr=0.5)
+    adapter, model = attached(tiny_bert_dir, sora_gate_lr=0.5)
     lr = 1e-2
     optimizer = torch.optim.AdamW(adapter.param_groups(model, lr, 0.0))
     scheduler = get_linear_schedule_with_warmup(optimizer, 2, 10)
@@ -209,20 +209,20 @@ def test_after_step_needs_param_groups(tiny_bert_dir):
 
 
 def test_lambda_warmup_ramps_linearly(tiny_bert_dir):
-    adapter = SoRA({**CONFIG, "sparsity_lambda": 0.2, "sparsity_warmup": 0.5}, total_steps=10)
+    adapter = SoRA({**CONFIG, "sora_lambda": 0.2, "sora_warmup": 0.5}, total_steps=10)
     assert [adapter.sparsity_lambda(s) for s in (0, 1, 5, 10)] == pytest.approx([0.0, 0.04, 0.2, 0.2])
-    assert SoRA({**CONFIG, "sparsity_lambda": 0.2}, total_steps=10).sparsity_lambda(1) == 0.2
+    assert SoRA({**CONFIG, "sora_lambda": 0.2}, total_steps=10).sparsity_lambda(1) == 0.2
 
 
 def test_gate_init(tiny_bert_dir):
     ones, model = attached(tiny_bert_dir)
     assert all(torch.equal(g, torch.ones(4)) for g in gate_values(ones, model).values())
-    normal, model = attached(tiny_bert_dir, gate_init="normal")
+    normal, model = attached(tiny_bert_dir, sora_gate_init="normal")
     assert not any(torch.equal(g, torch.ones(4)) for g in gate_values(normal, model).values())
 
 
-@pytest.mark.parametrize("bad", [{"sparsity_lambda": 0.0}, {"sparsity_warmup": 1.0}, {"gate_lr": -1.0},
-                                 {"gate_init": "zeros"}])
+@pytest.mark.parametrize("bad", [{"sora_lambda": 0.0}, {"sora_warmup": 1.0}, {"sora_gate_lr": -1.0},
+                                 {"sora_gate_init": "zeros"}])
 def test_options_reject_bad_values(bad):
     with pytest.raises(ValidationError):
         SoRAOptions.from_config(bad)

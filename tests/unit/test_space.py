@@ -22,7 +22,7 @@ class _LoRA:
 
 
 class _SoRA:
-    hyperparams = LORA_PARAMS | {"sparsity_lambda"}
+    hyperparams = LORA_PARAMS | {"sora_lambda"}
 
 
 @pytest.fixture(autouse=True)
@@ -88,20 +88,20 @@ def test_distributions_match_the_yaml() -> None:
 
 
 def test_when_dimension_only_sampled_for_its_variant() -> None:
-    # `sparsity_lambda` is listed *before* `variant`: dependency order must still sample variant first.
+    # `sora_lambda` is listed *before* `variant`: dependency order must still sample variant first.
     space = space_of({
-        "sparsity_lambda": {"loguniform": [1e-4, 1e-1], "when": {"variant": ["sora"]}},
+        "sora_lambda": {"loguniform": [1e-4, 1e-1], "when": {"variant": ["sora"]}},
         "variant": {"choice": ["lora", "sora"]},
         "rank": {"choice": [4, 8]},
     })
-    assert dependency_order(space) == ["variant", "sparsity_lambda", "rank"]
+    assert dependency_order(space) == ["variant", "sora_lambda", "rank"]
     for sampler in (optuna.samplers.RandomSampler(seed=1), make_sampler(search_of({"rank": {"choice": [4]}}))):
         configs = ask_many(space, 50, sampler)
         lora = [c for c in configs if c["variant"] == "lora"]
         sora = [c for c in configs if c["variant"] == "sora"]
         assert lora and sora
-        assert all("sparsity_lambda" not in c for c in lora)
-        assert all(1e-4 <= c["sparsity_lambda"] <= 1e-1 for c in sora)
+        assert all("sora_lambda" not in c for c in lora)
+        assert all(1e-4 <= c["sora_lambda"] <= 1e-1 for c in sora)
 
 
 def test_nested_when_chain() -> None:
@@ -130,13 +130,13 @@ def test_grid_points_conditional_dimension() -> None:
     space = space_of({
         "variant": {"choice": ["lora", "sora"]},
         "rank": {"choice": [4, 8, 16]},
-        "sparsity_lambda": {"choice": [1e-3, 1e-2], "when": {"variant": ["sora"]}},
+        "sora_lambda": {"choice": [1e-3, 1e-2], "when": {"variant": ["sora"]}},
     })
     points = grid_points(space)
     # lora: 3 ranks; sora: 3 ranks x 2 lambdas -> 9, no duplicates
     assert len(points) == 9
     assert len({tuple(sorted(p.items())) for p in points}) == 9
-    assert all("sparsity_lambda" not in p for p in points if p["variant"] == "lora")
+    assert all("sora_lambda" not in p for p in points if p["variant"] == "lora")
     assert sum(p["variant"] == "sora" for p in points) == 6
 
 
@@ -187,7 +187,7 @@ def test_multi_objective_study_runs_with_each_sampler(sampler: str) -> None:
         "variant": {"choice": ["lora", "sora"]},
         "rank": {"choice": [2, 4, 8, 16]},
         "lr": {"loguniform": [1e-4, 1e-2]},
-        "sparsity_lambda": {"loguniform": [1e-4, 1e-1], "when": {"variant": ["sora"]}},
+        "sora_lambda": {"loguniform": [1e-4, 1e-1], "when": {"variant": ["sora"]}},
     }
     search = search_of(raw, sampler=sampler, num_trials=10, objectives={"val_accuracy": "max", "adapter_params": "min"})
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(search))
@@ -203,7 +203,7 @@ def test_multi_objective_study_runs_with_each_sampler(sampler: str) -> None:
     assert len(complete) == 10
     assert study.best_trials  # a Pareto front exists
     for t in complete:
-        assert ("sparsity_lambda" in t.params) == (t.params["variant"] == "sora")
+        assert ("sora_lambda" in t.params) == (t.params["variant"] == "sora")
 
 
 def test_contains_follows_choices_ranges_types_and_steps() -> None:
@@ -223,13 +223,13 @@ def test_default_point_keeps_what_the_space_allows_and_honours_when() -> None:
         "variant": Dimension(choice=["lora", "sora"]),
         "rank": Dimension(choice=[4, 16]),
         "alpha": Dimension(choice=[8, 32]),
-        "sparsity_lambda": Dimension(loguniform=(1e-4, 1e-2), when={"variant": ["sora"]}),
+        "sora_lambda": Dimension(loguniform=(1e-4, 1e-2), when={"variant": ["sora"]}),
         "lr": Dimension(loguniform=(1e-4, 1e-2)),
     }
-    defaults = {"variant": "lora", "rank": 16, "alpha": 16, "sparsity_lambda": 1e-3, "lr": 5e-4}
-    # alpha 16 is not a choice: sampled; sparsity_lambda is inactive for lora
+    defaults = {"variant": "lora", "rank": 16, "alpha": 16, "sora_lambda": 1e-3, "lr": 5e-4}
+    # alpha 16 is not a choice: sampled; sora_lambda is inactive for lora
     assert default_point(space, defaults) == {"variant": "lora", "rank": 16, "lr": 5e-4}
-    assert default_point(space, {**defaults, "variant": "sora"})["sparsity_lambda"] == 1e-3
+    assert default_point(space, {**defaults, "variant": "sora"})["sora_lambda"] == 1e-3
 
 
 def test_startup_trials_sets_tpes_random_start_up() -> None:

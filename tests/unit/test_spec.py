@@ -27,8 +27,8 @@ class _RoRA:
 
 
 class _SoRAOptions(Options):
-    sparsity_lambda: float = Field(1e-3, gt=0)
-    gate_init: Literal["ones", "normal"] = "ones"
+    sora_lambda: float = Field(1e-3, gt=0)
+    sora_gate_init: Literal["ones", "normal"] = "ones"
 
 
 class _SoRA:
@@ -41,7 +41,7 @@ FAKE_ADAPTERS = {"lora": _Variant, "dora": _Variant, "loraplus": _Variant, "rora
 
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A fixed registry (with a SoRA-like variant owning `sparsity_lambda`) so these tests
+    # A fixed registry (with a SoRA-like variant owning `sora_lambda`) so these tests
     # don't change meaning when variants are added to trainables/adapters.
     monkeypatch.setattr(checks_module, "ADAPTERS", FAKE_ADAPTERS)
 
@@ -107,7 +107,7 @@ def test_full_design_example_is_valid() -> None:
                 "alpha": {"choice": [8, 16, 32]},
                 "scaling": {"choice": ["lora", "rora", 0.75]},
                 "lr": {"loguniform": [1.0e-4, 3.0e-3]},
-                "sparsity_lambda": {"loguniform": [1.0e-4, 1.0e-1], "when": {"variant": ["sora"]}},
+                "sora_lambda": {"loguniform": [1.0e-4, 1.0e-1], "when": {"variant": ["sora"]}},
                 "dropout": {"uniform": [0.0, 0.2], "step": 0.05},
                 "batch_size": {"int": [8, 64], "log": True},
             },
@@ -118,7 +118,7 @@ def test_full_design_example_is_valid() -> None:
     space = spec.search.space
     assert space["lr"].is_log and space["lr"].bounds == (1.0e-4, 3.0e-3)
     assert space["batch_size"].kind == "int" and space["batch_size"].bounds == (8, 64)
-    assert space["sparsity_lambda"].when == {"variant": ["sora"]}
+    assert space["sora_lambda"].when == {"variant": ["sora"]}
 
 
 @pytest.mark.parametrize(
@@ -173,9 +173,9 @@ def test_schema_errors_name_the_yaml_path(data: dict[str, Any], path: str, words
         ({"ranks": {"choice": [4]}}, "search.space.ranks", "unknown dimension; allowed: alpha, batch_size"),
         ({"variant": {"choice": ["lora", "rora"]}, "scaling": {"choice": ["lora", "rora"]}},
          "search.space.scaling", "variant 'rora' cannot use 'scaling'; add `when: {variant: [lora]}`"),
-        ({"variant": {"choice": ["lora", "sora"]}, "sparsity_lambda": {"loguniform": [1e-4, 1e-1]}},
-         "search.space.sparsity_lambda", "variant 'lora' cannot use 'sparsity_lambda'; add `when: {variant: [sora]}`"),
-        ({"sparsity_lambda": {"loguniform": [1e-4, 1e-1]}}, "search.space.sparsity_lambda", "variants that can: sora"),
+        ({"variant": {"choice": ["lora", "sora"]}, "sora_lambda": {"loguniform": [1e-4, 1e-1]}},
+         "search.space.sora_lambda", "variant 'lora' cannot use 'sora_lambda'; add `when: {variant: [sora]}`"),
+        ({"sora_lambda": {"loguniform": [1e-4, 1e-1]}}, "search.space.sora_lambda", "variants that can: sora"),
         ({"rank": {"choice": [4], "when": {"variant": ["sora"]}}}, "search.space.rank.when.variant", "no dimension named 'variant'"),
         ({"variant": {"choice": ["lora", "sora"]}, "rank": {"choice": [4], "when": {"variant": ["dora"]}}},
          "search.space.rank.when.variant[0]", "not a choice of 'variant'"),
@@ -195,7 +195,7 @@ def test_conditional_dimension_used_only_by_its_variant_is_valid() -> None:
     spec = spec_from_dict(with_space({
         "variant": {"choice": ["lora", "rora", "sora"]},
         "scaling": {"choice": ["lora", "rora"], "when": {"variant": ["lora", "sora"]}},
-        "sparsity_lambda": {"loguniform": [1e-4, 1e-1], "when": {"variant": ["sora"]}},
+        "sora_lambda": {"loguniform": [1e-4, 1e-1], "when": {"variant": ["sora"]}},
     }))
     assert spec.search.space["scaling"].when == {"variant": ["lora", "sora"]}
 
@@ -345,21 +345,21 @@ def test_spec_validates_against_the_real_registry(monkeypatch: pytest.MonkeyPatc
 
 
 def test_variant_options_in_the_adapter_section_are_validated() -> None:
-    ok = spec_from_dict({**MINIMAL, "adapter": {"variant": "sora", "sparsity_lambda": 0.01}})
-    assert ok.adapter.model_dump()["sparsity_lambda"] == 0.01
-    problems = problems_of({**MINIMAL, "adapter": {"variant": "sora", "sparsity_lambda": -1, "gate_init": "zeros",
+    ok = spec_from_dict({**MINIMAL, "adapter": {"variant": "sora", "sora_lambda": 0.01}})
+    assert ok.adapter.model_dump()["sora_lambda"] == 0.01
+    problems = problems_of({**MINIMAL, "adapter": {"variant": "sora", "sora_lambda": -1, "sora_gate_init": "zeros",
                                                    "sparsity_lamda": 0.1}})
-    assert "must be > 0" in problems["adapter.sparsity_lambda"].message
-    assert "'ones' or 'normal'" in problems["adapter.gate_init"].message
+    assert "must be > 0" in problems["adapter.sora_lambda"].message
+    assert "'ones' or 'normal'" in problems["adapter.sora_gate_init"].message
     assert "unknown adapter option" in problems["adapter.sparsity_lamda"].message
-    assert "sparsity_lambda" in problems["adapter.sparsity_lamda"].message  # lists what is allowed
+    assert "sora_lambda" in problems["adapter.sparsity_lamda"].message  # lists what is allowed
 
 
 def test_variant_option_dimensions_are_checked_against_the_options_model() -> None:
     problems = problems_of({"search": {"space": {
         "variant": {"choice": ["sora"]},
-        "sparsity_lambda": {"uniform": [-1.0, 0.1]},
-        "gate_init": {"choice": ["ones", "uniform"]},
+        "sora_lambda": {"uniform": [-1.0, 0.1]},
+        "sora_gate_init": {"choice": ["ones", "uniform"]},
     }}})
-    assert "must be > 0" in problems["search.space.sparsity_lambda.uniform[0]"].message
-    assert "search.space.gate_init.choice[1]" in problems
+    assert "must be > 0" in problems["search.space.sora_lambda.uniform[0]"].message
+    assert "search.space.sora_gate_init.choice[1]" in problems

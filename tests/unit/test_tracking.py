@@ -125,7 +125,7 @@ def _run_search(cb: MlflowTracking, tmp_path: Path) -> dict[str, FakeTrial]:
         "t0": FakeTrial("t0", {"variant": "lora", "rank": 8, "lr": 1e-3}),
         "t1": FakeTrial("t1", {"variant": "dora", "rank": 4, "lr": 2e-3}),
         "t2": FakeTrial("t2", {"variant": "lora", "rank": 64, "lr": 3e-3}),
-        "t3": FakeTrial("t3", {"variant": "sora", "rank": 16, "lr": 1e-4, "sparsity_lambda": 0.01}),
+        "t3": FakeTrial("t3", {"variant": "sora", "rank": 16, "lr": 1e-4, "sora_lambda": 0.01}),
         "t4": FakeTrial("t4", {"variant": "lora", "rank": 32, "lr": 1e-4}),
     }
     for trial in trials.values():

@@ -19,7 +19,7 @@ Deviations from the paper, all PEFT's or explained below:
   `val_loss` compares with other variants and with the exported plain LoRA;
 - pruned ranks are masked (λ_i = 0), not removed; the scale stays s = α / init_r^p
   (PEFT divides by `ranknum` = init_r), `scaling` mapping p as for LoRA;
-- `tinit` / `tfinal` are fractions of the trial's steps, floored to whole steps, so any
+- `adalora_tinit` / `adalora_tfinal` are fractions of the trial's steps, floored to whole steps, so any
   trial length (even 1 step) has a budget phase and ends with the final mask.
 Live ranks are those with λ_i ≠ 0; the export keeps exactly those, as plain LoRA with
 A' = Q[live], B' = (P Λ)[:, live] and scale s / (init_r + 1e-5), PEFT's exact factor.
@@ -71,22 +71,27 @@ def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
 
 
 class AdaLoRAOptions(Options):
-    init_r: int | None = Field(None, ge=1)
+    renamed: ClassVar[dict[str, str]] = {
+        "init_r": "adalora_init_r", "target_r": "adalora_target_r", "tinit": "adalora_tinit",
+        "tfinal": "adalora_tfinal", "delta_t": "adalora_delta_t", "orth_reg_weight": "adalora_orth_weight",
+        "sensitivity_beta": "adalora_sensitivity_beta", "uncertainty_beta": "adalora_uncertainty_beta"}
+
+    adalora_init_r: int | None = Field(None, ge=1)
     """Initial rank of every module (b_0 = init_r per module); None uses the common `rank`."""
-    target_r: int | None = Field(None, ge=1)
+    adalora_target_r: int | None = Field(None, ge=1)
     """Final average rank per module (b_T = target_r per module), at most init_r; None is
     round(init_r / 1.5), the paper's b_0 = 1.5 · b_T."""
-    tinit: float = Field(0.1, ge=0, lt=1)
-    """Fraction of the steps trained at full rank before pruning starts (t_i); tinit + tfinal < 1."""
-    tfinal: float = Field(0.2, ge=0, lt=1)
+    adalora_tinit: float = Field(0.1, ge=0, lt=1)
+    """Fraction of the steps trained at full rank before pruning starts (t_i); adalora_tinit + adalora_tfinal < 1."""
+    adalora_tfinal: float = Field(0.2, ge=0, lt=1)
     """Fraction of the steps trained at the final allocation after pruning ends (t_f)."""
-    delta_t: int = Field(10, ge=1)
+    adalora_delta_t: int = Field(10, ge=1)
     """Optimizer steps between two budget allocations during the pruning phase (ΔT)."""
-    orth_reg_weight: float = Field(0.5, ge=0)
+    adalora_orth_weight: float = Field(0.5, ge=0)
     """Weight of the orthogonality penalty on P and Q (PEFT's default 0.5)."""
-    sensitivity_beta: float = Field(0.85, gt=0, lt=1)
+    adalora_sensitivity_beta: float = Field(0.85, gt=0, lt=1)
     """EMA factor β1 of the smoothed sensitivity Ī (PEFT's beta1)."""
-    uncertainty_beta: float = Field(0.85, gt=0, lt=1)
+    adalora_uncertainty_beta: float = Field(0.85, gt=0, lt=1)
     """EMA factor β2 of the uncertainty Ū (PEFT's beta2)."""
 
 
@@ -97,21 +102,23 @@ class AdaLoRA(LoRA):
     def __init__(self, config: dict[str, Any], task_type: str = "classification", total_steps: int = 1) -> None:
         super().__init__(config, task_type, total_steps)
         opts = self.opts
-        self.init_r = int(opts.init_r if opts.init_r is not None else config["rank"])
-        self.target_r = int(opts.target_r if opts.target_r is not None else max(1, round(self.init_r / 1.5)))
+        self.init_r = int(opts.adalora_init_r if opts.adalora_init_r is not None else config["rank"])
+        self.target_r = int(opts.adalora_target_r if opts.adalora_target_r is not None else max(1, round(self.init_r / 1.5)))
         if self.target_r > self.init_r:
             raise ValueError(
-                f"adalora: target_r ({self.target_r}) must be at most init_r ({self.init_r}); AdaLoRA prunes "
-                f"from init_r down to target_r. Lower `target_r` or raise `init_r` (or `rank`, its default)."
+                f"adalora: adalora_target_r ({self.target_r}) must be at most adalora_init_r ({self.init_r}); AdaLoRA "
+                f"prunes from the initial rank down to the target. Lower `adalora_target_r` or raise `adalora_init_r` "
+                f"(or `rank`, its default)."
             )
-        if opts.tinit + opts.tfinal >= 1:
+        if opts.adalora_tinit + opts.adalora_tfinal >= 1:
             raise ValueError(
-                f"adalora: tinit + tfinal must be < 1 to leave a pruning phase, got {opts.tinit} + {opts.tfinal}"
+                f"adalora: adalora_tinit + adalora_tfinal must be < 1 to leave a pruning phase, "
+                f"got {opts.adalora_tinit} + {opts.adalora_tfinal}"
             )
         # Floors: tinit + tfinal <= (fraction sum) * T < T, so PEFT's check tinit < T - tfinal
         # holds for every T >= 1, and the final mask (at step T - tfinal >= 1) always happens.
-        self.tinit_steps = math.floor(opts.tinit * self.total_steps)
-        self.tfinal_steps = math.floor(opts.tfinal * self.total_steps)
+        self.tinit_steps = math.floor(opts.adalora_tinit * self.total_steps)
+        self.tfinal_steps = math.floor(opts.adalora_tfinal * self.total_steps)
 
     def lora_config(self, model: nn.Module) -> AdaLoraConfig:
         from peft import AdaLoraConfig
@@ -130,10 +137,10 @@ class AdaLoRA(LoRA):
             total_step=self.total_steps,
             tinit=self.tinit_steps,
             tfinal=self.tfinal_steps,
-            deltaT=self.opts.delta_t,
-            beta1=self.opts.sensitivity_beta,
-            beta2=self.opts.uncertainty_beta,
-            orth_reg_weight=self.opts.orth_reg_weight,
+            deltaT=self.opts.adalora_delta_t,
+            beta1=self.opts.adalora_sensitivity_beta,
+            beta2=self.opts.adalora_uncertainty_beta,
+            orth_reg_weight=self.opts.adalora_orth_weight,
         )
 
     def attach(self, model: nn.Module) -> nn.Module:
@@ -141,7 +148,7 @@ class AdaLoRA(LoRA):
 
         peft_model = get_peft_model(model, self.lora_config(model))
         config = peft_model.base_model.peft_config[ADAPTER_NAME]
-        weight = self.opts.orth_reg_weight
+        weight = self.opts.adalora_orth_weight
 
         # PEFT adds the penalty whenever the output has a loss; keep it out of eval losses.
         def penalty_in_training_only(module: nn.Module, args: Any) -> None:
@@ -153,9 +160,9 @@ class AdaLoRA(LoRA):
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         """The penalty for causal-LM trials in training: their loss calls the model without
         `labels`, so PEFT's forward adds nothing. Classification gets it from PEFT (None here)."""
-        if self.task_type != "causal_lm" or not model.training or self.opts.orth_reg_weight == 0:
+        if self.task_type != "causal_lm" or not model.training or self.opts.adalora_orth_weight == 0:
             return None
-        return self.opts.orth_reg_weight * orthogonality_penalty(model)
+        return self.opts.adalora_orth_weight * orthogonality_penalty(model)
 
     def after_step(self, model: nn.Module, step: int, batch: dict[str, Any]) -> None:
         # Equal ranks leave nothing to prune (and PEFT's kthvalue would fail on k = 0).

@@ -28,9 +28,13 @@ class Options(BaseModel):
 
     Each variant subclasses this; its fields become search dimensions and keys of the
     experiment file's `adapter:` section, validated by raysearch before anything starts.
+    Every field name starts with the variant's name and an underscore (`sora_lambda`,
+    `gora_gamma`), so no two variants and no `train:` field share one; `renamed` maps a
+    former name to its new one, which validation then names.
     """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    renamed: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Options":

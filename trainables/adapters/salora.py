@@ -16,7 +16,7 @@ others into B, giving plain LoRA with per-module ranks.
 Choices the paper leaves open, or where this differs from it:
 - log α starts at 3: every deterministic gate is fully open (the eval model is plain
   LoRA), 80% of training samples are exactly 1 and 1% exactly 0; E[L0] = 0.99 r.
-- log α and λ share their own learning rate (`lagrangian_lr`, CoFi's
+- log α and λ share their own learning rate (`salora_lagrangian_lr`, CoFi's
   `reg_learning_rate`); the loop's AdamW and scheduler drive them like everything
   else. λ1, λ2 are adapter-owned parameters, not part of the model: ascent is a gradient
   hook that negates their gradient, and the loop's gradient clipping does not see them.
@@ -51,17 +51,20 @@ L0_SHIFT = BETA * math.log(-GAMMA / ZETA)  # P(g_j != 0) = sigmoid(log α_j − 
 
 
 class SaLoRAOptions(Options):
-    target_density: float = Field(0.5, gt=0.0, le=1.0)
+    renamed: ClassVar[dict[str, str]] = {"target_density": "salora_target_density", "orth_weight": "salora_orth_weight",
+                                         "lagrangian_lr": "salora_lagrangian_lr"}
+
+    salora_target_density: float = Field(0.5, gt=0.0, le=1.0)
     """Budget b: the target density C, the expected fraction of rank slots left open
     (each module's slots weighted by its d_in + d_out). 1 keeps every slot."""
-    orth_weight: float = Field(0.1, ge=0.0)
+    salora_orth_weight: float = Field(0.1, ge=0.0)
     """β_orth: weight of the orthogonality penalty ‖BᵀB − I‖² + ‖AAᵀ − I‖², summed over
     modules (0.1 is AdaLoRA's paper value for its own orthogonality penalty)."""
     salora_t_start: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of training after which the gates (log α) and λ start to be updated."""
     salora_t_end: float = Field(0.7, gt=0.0, le=1.0)
     """Fraction of training after which the gates and λ are frozen (must exceed salora_t_start)."""
-    lagrangian_lr: float = Field(5e-2, gt=0.0)
+    salora_lagrangian_lr: float = Field(5e-2, gt=0.0)
     """Learning rate of the gates' log α and of λ1, λ2 (before the loop's schedule),
     independent of the trial's lr (CoFi's reg_learning_rate). The budget needs a few
     hundred steps inside the window to settle; lower rates settle later."""
@@ -159,15 +162,15 @@ class SaLoRA(GatedLoRA):
 
     # -- hooks -------------------------------------------------------------------------------
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """GatedLoRA's groups, the gates at `lagrangian_lr`, plus λ (ascent) at the same rate."""
+        """GatedLoRA's groups, the gates at `salora_lagrangian_lr`, plus λ (ascent) at the same rate."""
         gate_ids = {id(gate.log_alpha) for _, _, gate in self.gates(model)}
         groups = super().param_groups(model, lr, weight_decay)
         for group in groups:
             if {id(p) for p in group["params"]} <= gate_ids:
-                group["lr"] = self.opts.lagrangian_lr
+                group["lr"] = self.opts.salora_lagrangian_lr
         device = next(gate.log_alpha.device for _, _, gate in self.gates(model))
         self.multipliers.data = self.multipliers.data.to(device)  # the model may have moved since __init__
-        groups.append({"params": [self.multipliers], "lr": self.opts.lagrangian_lr, "weight_decay": 0.0})
+        groups.append({"params": [self.multipliers], "lr": self.opts.salora_lagrangian_lr, "weight_decay": 0.0})
         self._saved = [p.detach().clone() for p in self.controlled(model)]
         return groups
 
@@ -179,12 +182,12 @@ class SaLoRA(GatedLoRA):
 
     def extra_loss(self, model: nn.Module, step: int) -> torch.Tensor | None:
         loss = None
-        if self.opts.orth_weight > 0:
+        if self.opts.salora_orth_weight > 0:
             penalty = sum(orthogonality(layer.lora_A["default"].weight, layer.lora_B["default"].weight)
                           for _, layer, _ in self.gates(model))
-            loss = self.opts.orth_weight * penalty
+            loss = self.opts.salora_orth_weight * penalty
         if self.updating(step):
-            gap = self.density(model) - self.opts.target_density
+            gap = self.density(model) - self.opts.salora_target_density
             lagrangian = self.multipliers[0] * gap + self.multipliers[1] * gap ** 2
             loss = lagrangian if loss is None else loss + lagrangian
         return loss

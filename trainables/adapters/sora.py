@@ -12,19 +12,19 @@ Deviations, on purpose:
 - the gate takes a plain SGD step, as in the paper's update rule; the authors' code
   takes an AdamW step on g and then thresholds by λ itself (not η·λ). Here the
   threshold is η_t·λ_t, the exact proximal operator of η_t·λ‖g‖₁;
-- η_t is the gate's base rate (`gate_lr`, or the trial's lr) times the main
+- η_t is the gate's base rate (`sora_gate_lr`, or the trial's lr) times the main
   schedule's current factor (warm-up, then linear decay), read from the optimizer
   group `param_groups` returned, which torch's optimizers keep and the scheduler
   updates in place. Should an optimizer copy its groups instead (e.g. after
   `load_state_dict`), η_t stays at the base rate: a constant-rate proximal step;
 - optional λ warm-up: λ_t rises linearly from 0 to λ over the first
-  `sparsity_warmup` fraction of the steps (the paper's sparsifying scheduler
+  `sora_warmup` fraction of the steps (the paper's sparsifying scheduler
   instead raises λ in stages to map the accuracy/size curve; not done here).
 
 Calibration: a gate starting at 1 that receives no gradient needs Σ_t η_t λ_t ≥ 1
 to reach 0. Under a linear decay from η over T steps that is λ ≳ 2 / (η T): with
 gate_lr = lr = 5e-4 and T = 1000, λ ≳ 4. Small λ with the trial's lr prunes nothing;
-search `gate_lr` as well, or λ on a higher range.
+search `sora_gate_lr` as well, or λ on a higher range.
 """
 from __future__ import annotations
 
@@ -45,13 +45,16 @@ def soft_threshold(g: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 class SoRAOptions(Options):
-    sparsity_lambda: float = Field(1e-3, gt=0)
+    renamed: ClassVar[dict[str, str]] = {"sparsity_lambda": "sora_lambda", "sparsity_warmup": "sora_warmup",
+                                         "gate_lr": "sora_gate_lr", "gate_init": "sora_gate_init"}
+
+    sora_lambda: float = Field(1e-3, gt=0)
     """SoRA's λ: L1 strength on the gates; each step shrinks them by (gate lr) · λ. Search on a log scale."""
-    sparsity_warmup: float = Field(0.0, ge=0, lt=1)
+    sora_warmup: float = Field(0.0, ge=0, lt=1)
     """Fraction of the training steps over which λ ramps linearly from 0 (0: full λ from the start)."""
-    gate_lr: float | None = Field(None, gt=0)
+    sora_gate_lr: float | None = Field(None, gt=0)
     """Base learning rate of the gates' proximal SGD step, following the main schedule; None: the trial's lr."""
-    gate_init: Literal["ones", "normal"] = "ones"
+    sora_gate_init: Literal["ones", "normal"] = "ones"
     """Initial gates: 'ones' (the paper), or 'normal' draws N(0, 1) (the authors' code)."""
 
 
@@ -78,7 +81,7 @@ class SoRA(GatedLoRA):
         self.trial_lr = 0.0
 
     def make_gate(self, name: str, slots: int) -> Gate:
-        return SoRAGate(slots, self.opts.gate_init)
+        return SoRAGate(slots, self.opts.sora_gate_init)
 
     # -- the gates' own optimizer ------------------------------------------------------
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -94,7 +97,7 @@ class SoRA(GatedLoRA):
         if self.schedule_group is None:
             raise RuntimeError("SoRA: call `param_groups()` (building the optimizer) before training; "
                                "it sets the gates' learning rate")
-        base = self.opts.gate_lr if self.opts.gate_lr is not None else self.trial_lr
+        base = self.opts.sora_gate_lr if self.opts.sora_gate_lr is not None else self.trial_lr
         if self.schedule_peak <= 0:
             return base
         return base * float(self.schedule_group["lr"]) / self.schedule_peak
@@ -103,14 +106,14 @@ class SoRA(GatedLoRA):
         """The end of λ's warm-up ramp: λ is constant after it, but the proximal step goes on
         closing (or reopening) gates to the end, so at a rung SoRA is judged by its live count
         then, not by its final one (there is no target budget to judge it by)."""
-        return math.ceil(self.opts.sparsity_warmup * self.total_steps)
+        return math.ceil(self.opts.sora_warmup * self.total_steps)
 
     def sparsity_lambda(self, step: int) -> float:
         """λ_t: λ, ramped linearly from 0 over the warm-up fraction of the steps."""
-        ramp_steps = self.opts.sparsity_warmup * self.total_steps
+        ramp_steps = self.opts.sora_warmup * self.total_steps
         if ramp_steps <= 0:
-            return self.opts.sparsity_lambda
-        return self.opts.sparsity_lambda * min(1.0, step / ramp_steps)
+            return self.opts.sora_lambda
+        return self.opts.sora_lambda * min(1.0, step / ramp_steps)
 
     def after_step(self, model: nn.Module, step: int, batch: dict[str, torch.Tensor]) -> None:
         """Proximal SGD on every gate: g ← soft_threshold(g − η_t ∇g, η_t λ_t); then clear ∇g,
