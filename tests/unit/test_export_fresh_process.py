@@ -18,7 +18,7 @@ from tiny_bert import batch, load_base, logits, train_steps
 from trainables.adapters import ADAPTERS
 
 # Some ranks pruned, so the export drops ranks and writes a rank_pattern (the contract's config prunes none).
-OVERRIDES = {"sora": {"sparsity_lambda": 1.0, "gate_lr": 0.1, "gate_init": "normal"}}
+OVERRIDES = {"sora": {"sora_lambda": 1.0, "sora_gate_lr": 0.1, "sora_gate_init": "normal"}}
 
 # Run as `python -I -c`: no PYTHONPATH, no current directory on sys.path. Plain transformers + peft.
 LOAD_AND_RUN = """
