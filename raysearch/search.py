@@ -56,8 +56,8 @@ def ray_environment() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own live view replaces Tune's tables
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray Train's controller collects workers' reports when it polls them, every 2 s by
-    # default, and a reporting worker waits for it: 12 evaluations of a tiny trial took 22 s
-    # instead of 2.3 s. A faster poll costs one small actor call per worker (DESIGN-NOTES.md).
+    # default, and a reporting worker waits for it, which slowed a tiny trial's evaluations
+    # several-fold. A faster poll costs one small actor call per worker (DESIGN-NOTES.md).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_INTERVAL_S))
     # A failed trial is one line in the terminal (its cause and where the traceback is,
     # raysearch/progress.py), not Tune's multi-screen traceback; the traceback stays in the

@@ -294,8 +294,9 @@ class ResourcesSpec(_Model):
     """GPUs each worker reserves (0: train on CPU)."""
     inline_single_worker: bool = True
     """A trial of one worker runs its training loop in its Tune function's own process, with
-    no Ray Train worker group (that group costs a controller and a worker process, ~14 s per
-    trial). false: every trial is a Ray Train run. Trials of 2+ workers always are."""
+    no Ray Train worker group (that group starts a controller and a worker process for every
+    trial; docs/benchmarks.md §1 measures it). false: every trial is a Ray Train run. Trials of
+    2+ workers always are."""
 
     @property
     def inline(self) -> bool:

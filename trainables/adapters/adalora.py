@@ -10,19 +10,10 @@ Fine-Tuning", ICLR) through PEFT's `AdaLoraConfig`.
 
 PEFT computes all of it; this class sets `total_step` from the trial's real step count,
 calls `update_and_allocate` after every optimizer step, and exports plain LoRA.
-PEFT adds the penalty in its forward only when the model is given `labels`: classification
-trials get it there, causal-LM trials (whose loss is computed from the logits, without
-`labels`) get PEFT's same term from `extra_loss`, so each task type counts it exactly once.
-Deviations from the paper, all PEFT's or explained below:
-- the penalty is PEFT's (Frobenius norms averaged over matrices; the paper sums squared
-  norms), and it is added in training only: in eval mode the loss is the task loss, so
-  `val_loss` compares with other variants and with the exported plain LoRA;
-- pruned ranks are masked (λ_i = 0), not removed; the scale stays s = α / init_r^p
-  (PEFT divides by `ranknum` = init_r), `scaling` mapping p as for LoRA;
-- `adalora_tinit` / `adalora_tfinal` are fractions of the trial's steps, floored to whole steps, so any
-  trial length (even 1 step) has a budget phase and ends with the final mask.
-Live ranks are those with λ_i ≠ 0; the export keeps exactly those, as plain LoRA with
-A' = Q[live], B' = (P Λ)[:, live] and scale s / (init_r + 1e-5), PEFT's exact factor.
+
+PEFT adds the orthogonality penalty for classification (given `labels`); causal-LM trials
+get the same term from `extra_loss`. Where this departs from the paper (PEFT's penalty,
+masked ranks, fractions floored to steps) and what the tests check: docs/variants.md, AdaLoRA.
 """
 from __future__ import annotations
 

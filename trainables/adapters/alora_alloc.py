@@ -8,33 +8,9 @@ Language Models"): ablation-scored rank reallocation between modules, under a fi
 Registered as "alora_alloc", not "alora": PEFT's aLoRA (`LoraConfig(alora_invocation_tokens=...)`)
 is *Activated* LoRA, a different method (an adapter that switches on at an invocation string).
 
-Schedule: train K1 = `alora_first_round` of the steps, then N_A = `alora_rounds` rounds that
-split the rest evenly (K2 = (1 − K1) / N_A of the steps between rounds, and after the last).
-Rounds that would fall on or after the last step are dropped (short runs get fewer rounds).
-The budget R = rank · n_modules live ranks holds after every round: a rank is switched off
-only if a slot can be opened elsewhere. Freed slots go one at a time, round-robin, to the
-modules that lost none this round and still have a free slot, highest mean importance first.
-A module may lose all its ranks (it is then left out of the export) and then receives none.
-
-Deviation, on purpose: the paper's third term is S(M with only rank k). Read literally it is
-an absolute score: the same for every rank of a module, but lower for a module whose whole
-update matters more (emptying it costs more), so across modules it would rank the ranks of
-the most useful modules *last*, and a rank with B's column = 0 would score S(M | m ← ∅), not
-0. Subtracting the module-emptied baseline S(M | m ← ∅) (one extra forward per module) makes
-it the rank's gain alone in its module; within a module the order is unchanged.
-
-Opening a slot: its A row is drawn again as PEFT draws it (kaiming-uniform, a = √5, from a
-generator seeded identically on every worker) and its B column set to 0, so the model output
-is unchanged (as at LoRA's start). The hooks cannot reach the optimizer, so the slot keeps its
-Adam moments. A slot that has never been live has exactly zero moments (its gate is 0, so the
-gradients of its A row and B column are exactly 0 at every step). A slot switched off in an
-earlier round keeps decaying moments whose ratio m/√v, Adam's step, shrinks only like
-(β1/√β2)^t ≈ 0.9^t (a third of its old step 10 steps later, 3e-5 after 100). So opening takes
-never-live slots first, then the slot closed longest ago; and with `alora_spare` ≥ the ranks a
-module receives over the run (N_A · n_A at most) no stale slot is ever reopened.
-
-Under DDP every worker holds the same weights and the same validation batch; the scores are
-still broadcast from rank 0 so that float noise cannot make workers decide differently.
+Rounds fall at `alora_first_round` of the steps and then evenly; the budget rank · n_modules
+holds after every round. The schedule, the module-emptied baseline in the third term, how a
+reopened slot starts, DDP, and the tests: docs/variants.md, ALoRA.
 """
 from __future__ import annotations
 

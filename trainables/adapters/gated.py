@@ -11,11 +11,8 @@ variants differ only in how `g` is computed and trained:
 - SaLoRA: hard-concrete samples from trainable `log α` (deterministic in eval);
 - ALoRA: a binary, non-trainable mask over live and spare slots.
 
-Why a hook rather than PEFT's experimental `LoraVariant`: the gate is one
-multiplication on a tensor PEFT already computes; a hook keeps PEFT's vanilla
-forward path (and its tests) and needs no private registration API. The layer is
-never merged during training; export folds the gate into B (`B · diag(g)`) and
-drops zero ranks, so the shipped adapter is plain LoRA (see export.py).
+Why a hook rather than PEFT's `LoraVariant`: docs/variants.md, SoRA. Export folds the gate
+into B (`B · diag(g)`) and drops zero ranks, so the shipped adapter is plain LoRA (export.py).
 """
 from __future__ import annotations
 

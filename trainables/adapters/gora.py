@@ -7,16 +7,8 @@ Before training, with the base frozen, on N batches, for every target weight W_i
 so the adapter starts at s_i B_i A_i = −γ_i G_i P_A: one gradient-descent step projected on
 A_i's row space, with the base weight untouched. Then trained as LoRA (LoRA+ ratio 16).
 
-Choices where the paper leaves room or is departed from, and why (docs/variants.md, "GoRA"):
-- Step size γ_i = gora_gamma · √(d_in/r_i), not a raw γ such as 5e-2·√d_in. The
-  reference code (hhnqqq/MyTransformers, `gora.py`, scale-by-lr mode) divides B by α, not
-  by s_i, which puts the extra 1/√r_i in. For a random A, ‖G P_A‖ ≈ √(r_i/d_in)·‖G‖, so this
-  γ_i makes the initial update as large as a full-weight SGD step of learning rate
-  `gora_gamma`, whatever the width and allocated rank; a raw γ would need retuning per model.
-- A_i⁺ = pinv(A_i) in float64 instead of Aᵀ(AAᵀ)⁻¹: equal when A has full row rank (random
-  A with r ≤ d_in), and still the projection onto A's row space if r_i > d_in.
-- Gradients are taken in eval mode (no dropout): G is the gradient of the model's actual loss.
-- If every importance is 0 (a constant loss) every module gets r_ref (clamped).
+The step size's √(d_in/r_i) factor, the pseudo-inverse, eval-mode gradients and the tests:
+docs/variants.md, GoRA.
 """
 from __future__ import annotations
 

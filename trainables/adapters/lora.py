@@ -19,7 +19,7 @@ from trainables.adapters.base import COMMON_HYPERPARAMS, Options, peft_scaling_k
 from trainables.models import classifier_head_names, resolve_target_modules
 
 # PEFT (and transformers under it) is imported where a model is built, not here: the driver
-# imports this registry to validate an experiment, and PEFT's import costs it ~2.3 s of start-up.
+# imports this registry to validate an experiment, and PEFT's import would cost it seconds of start-up.
 if TYPE_CHECKING:
     from peft import LoraConfig
     from peft.tuners.lora import LoraLayer

@@ -13,25 +13,8 @@ so λ1 grows while the density C is above the target b and the quadratic term pu
 onto b. Export (GatedLoRA) drops the ranks whose deterministic gate is 0 and folds the
 others into B, giving plain LoRA with per-module ranks.
 
-Choices the paper leaves open, or where this differs from it:
-- log α starts at 3: every deterministic gate is fully open (the eval model is plain
-  LoRA), 80% of training samples are exactly 1 and 1% exactly 0; E[L0] = 0.99 r.
-- log α and λ share their own learning rate (`salora_lagrangian_lr`, CoFi's
-  `reg_learning_rate`); the loop's AdamW and scheduler drive them like everything
-  else. λ1, λ2 are adapter-owned parameters, not part of the model: ascent is a gradient
-  hook that negates their gradient, and the loop's gradient clipping does not see them.
-  They get the same gradient on every DDP worker because C depends only on log α.
-- (log α, λ) change only at steps in (t_start·T, t_end·T]. The scheduler rewrites the
-  group learning rates every step, so rather than zero a rate, `after_step` restores
-  the values saved at the last allowed step. Adam's moments keep tracking the
-  gradients meanwhile, so the first step in the window is an ordinary Adam step. The
-  Lagrangian term is only added inside the window (outside, it could not change anything).
-- The orthogonality penalty is summed over modules, as written: each module's A and B
-  then feel β_orth whatever the model's depth (PEFT's AdaLoRA averages instead).
-- The budget acts on the expected L0; the export prunes ranks whose deterministic gate
-  is 0 (log α ≤ −log 11). The two agree only once the gates polarize (log α ≲ −6 or
-  ≳ 2): C = b can also be met by every rank half-open (b = 0.6 with every log α ≈ −1.2
-  leaves every rank live at g ≈ 0.18). `densities` reports both.
+Where the paper leaves room (log α's start, λ's learning rate and window, the penalty summed
+over modules, expected vs exported density) and the tests: docs/variants.md, SaLoRA.
 """
 from __future__ import annotations
 

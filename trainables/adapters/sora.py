@@ -8,23 +8,9 @@
 gates to exactly 0 and the live ranks are the nonzero gates. The gated layer
 itself, the export and the live-parameter count are shared (gated.py, export.py).
 
-Deviations, on purpose:
-- the gate takes a plain SGD step, as in the paper's update rule; the authors' code
-  takes an AdamW step on g and then thresholds by λ itself (not η·λ). Here the
-  threshold is η_t·λ_t, the exact proximal operator of η_t·λ‖g‖₁;
-- η_t is the gate's base rate (`sora_gate_lr`, or the trial's lr) times the main
-  schedule's current factor (warm-up, then linear decay), read from the optimizer
-  group `param_groups` returned, which torch's optimizers keep and the scheduler
-  updates in place. Should an optimizer copy its groups instead (e.g. after
-  `load_state_dict`), η_t stays at the base rate: a constant-rate proximal step;
-- optional λ warm-up: λ_t rises linearly from 0 to λ over the first
-  `sora_warmup` fraction of the steps (the paper's sparsifying scheduler
-  instead raises λ in stages to map the accuracy/size curve; not done here).
-
-Calibration: a gate starting at 1 that receives no gradient needs Σ_t η_t λ_t ≥ 1
-to reach 0. Under a linear decay from η over T steps that is λ ≳ 2 / (η T): with
-gate_lr = lr = 5e-4 and T = 1000, λ ≳ 4. Small λ with the trial's lr prunes nothing;
-search `sora_gate_lr` as well, or λ on a higher range.
+Where this departs from the paper and the authors' code (a plain proximal SGD step at the
+schedule's rate, the optional λ warm-up, gates left out of gradient clipping), how to
+calibrate λ, and what the tests check: docs/variants.md, SoRA.
 """
 from __future__ import annotations
 
