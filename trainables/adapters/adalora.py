@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Iterator
 
 import torch
 from pydantic import Field
@@ -29,8 +28,8 @@ from torch import nn
 
 from trainables.adapters.base import Options
 from trainables.contract import scaling_exponent
-from trainables.adapters.export import LowRank, exported_params, live_factors, save_plain_lora
-from trainables.adapters.lora import TASK_TYPES, LoRA, lora_layers
+from trainables.adapters.export import FactoredLoRA, LowRank, live_factors
+from trainables.adapters.lora import TASK_TYPES, lora_layers
 from trainables.models import classifier_head_names, resolve_target_modules
 
 if TYPE_CHECKING:  # PEFT is imported where a model is built (see lora.py).
@@ -86,7 +85,7 @@ class AdaLoRAOptions(Options):
     """EMA factor β2 of the uncertainty Ū (PEFT's beta2)."""
 
 
-class AdaLoRA(LoRA):
+class AdaLoRA(FactoredLoRA):
     name: ClassVar[str] = "adalora"
     options: ClassVar[type[Options]] = AdaLoRAOptions
 
@@ -186,17 +185,9 @@ class AdaLoRA(LoRA):
             found.append(live_factors(name, A, B, scale, E.detach().view(-1)))
         return found
 
-    def adapter_params(self, model: nn.Module) -> int:
-        with quiet_rank_zero_slices():
-            return exported_params(model, self.factors(model))
+    def factor_context(self) -> ContextManager[None]:
+        return quiet_rank_zero_slices()
 
     def budget_settles_at(self) -> int:
         return self.total_steps - self.tfinal_steps  # PEFT's final mask; the ranks are fixed after it
 
-    def rank_allocation(self, model: nn.Module) -> dict[str, int]:
-        return {f.name: f.rank for f in self.factors(model)}
-
-    def export(self, model: nn.Module, path: Path) -> None:
-        with quiet_rank_zero_slices():
-            save_plain_lora(model, path, self.factors(model), TASK_TYPES[self.task_type],
-                            float(self.config.get("dropout", 0.0)))

@@ -16,14 +16,13 @@ into B (`B · diag(g)`) and drops zero ranks, so the shipped adapter is plain Lo
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from trainables.adapters.export import LowRank, exported_params, live_factors, save_plain_lora
-from trainables.adapters.lora import TASK_TYPES, LoRA, lora_layers
+from trainables.adapters.export import FactoredLoRA, LowRank, live_factors
+from trainables.adapters.lora import lora_layers
 
 
 class Gate(nn.Module):
@@ -52,7 +51,7 @@ class Gate(nn.Module):
         return (ax * self().to(ax.dtype), *rest)
 
 
-class GatedLoRA(LoRA):
+class GatedLoRA(FactoredLoRA):
     """Base class of the gated variants: PEFT LoRA with `slots()` ranks and a gate per module."""
 
     # -- what subclasses define -----------------------------------------------------------
@@ -118,12 +117,3 @@ class GatedLoRA(LoRA):
             groups.append({"params": gate_params, "lr": lr, "weight_decay": 0.0})
         return groups
 
-    def adapter_params(self, model: nn.Module) -> int:
-        return exported_params(model, self.factors(model))
-
-    def rank_allocation(self, model: nn.Module) -> dict[str, int]:
-        return {f.name: f.rank for f in self.factors(model)}
-
-    def export(self, model: nn.Module, path: Path) -> None:
-        save_plain_lora(model, path, self.factors(model), TASK_TYPES[self.task_type],
-                        dropout=float(self.config.get("dropout", 0.0)))
