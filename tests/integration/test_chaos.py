@@ -32,7 +32,7 @@ from tiny_search import continuation_problems, write_experiment
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRIALS, EVAL_EVERY, STEPS, KEEP = 6, 4, 72, 2  # 96 examples, batch 8: 12 steps an epoch (STEPS a multiple)
-SEED, INTERVAL_S, KILL_PROBABILITY = 5, 1.5, 0.8
+SEED, INTERVAL_S, KILL_PROBABILITY = 5, 1.0, 0.9
 KILLS_PER_TRIAL, MAX_FAILURES = 4, 8  # retries left for a lost node and a driver kill on top
 FINISHED = ("completed", "early_stopped")
 
@@ -105,6 +105,10 @@ class Chaos(threading.Thread):
                 self.errors.append(repr(error))
 
 
+def ended_trials(results: Path) -> int:
+    return sum(bool(record.get("ended")) for record in read_records(str(results)).values())
+
+
 def wait_while(driver: subprocess.Popen, seconds: float) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -152,7 +156,9 @@ def test_chaos_on_a_multi_node_cluster(tmp_path, tiny_model_dir, monkeypatch):
             wait_while(driver, 6)
             cluster.add_node(num_cpus=1, dashboard_agent_listen_port=None, runtime_env_dir_name="runtime_env_readded")
             node_events.append("added a worker node")
-            while sum(bool(r.get("ended")) for r in read_records(str(results)).values()) < 2:
+            # the driver is killed once 2 trials have ended and (so that kills before and after it are
+            # both tested, however fast this machine trains) 2 trial processes were killed, or 4 ended
+            while not (ended_trials(results) >= 2 and (len(chaos.kills) >= 2 or ended_trials(results) >= 4)):
                 assert driver.poll() is None, "the search ended before its driver could be killed"
                 assert time.time() - started < 240, "two trials never finished"
                 time.sleep(0.05)
@@ -215,6 +221,6 @@ def test_chaos_on_a_multi_node_cluster(tmp_path, tiny_model_dir, monkeypatch):
         trial_id = folder.name.removeprefix("run_trial_").split("_")[0]
         on_disk = {path.name for path in folder.glob("checkpoint_*")}
         assert len(on_disk) == KEEP and on_disk <= known[trial_id], (trial_id, sorted(on_disk), sorted(known[trial_id]))
-    assert len(stopped) >= 3, f"too few kills stopped a trial: {chaos.kills}"
+    assert len(stopped) >= 2, f"too few kills stopped a trial: {chaos.kills}"
     print(f"chaos: {len(stopped)} of {len(chaos.kills)} trial-process kills stopped a trial; + 1 node lost + 1 "
           f"driver kill; all survived: {TRIALS} trials, {retries} continuations from a checkpoint, {elapsed:.0f} s")
