@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from raysearch.problems import Problem, message, unwrap_optional
+from raysearch.problems import MISSING, Problem, message, unwrap_optional
 from raysearch.sections import (CAUSAL_LM_METRICS, CAUSAL_LM_ONLY, CLASSIFICATION_METRICS, CLASSIFICATION_ONLY,
                                 AdapterSpec, SearchSpec, SourceSpec, Spec, TaskSpec, TrainSpec)
-from raysearch.space import Dimension, grid_points
+from raysearch.space import Dimension, grid_points, num_trials_for
 from raysearch.space import when_problems as space_when_problems
 from trainables.contract import CAUSAL_LM_BUILTINS, TASK_DIMENSIONS, TRAIN_DIMENSIONS
 
@@ -186,6 +186,57 @@ def semantic_problems(spec: Spec) -> list[Problem]:
 
     if spec.search.sampler == "grid" and not when_problems:
         problems += _grid_problems(spec.search)
+    if not when_problems:
+        problems += _compare_problems(spec)
+    return problems
+
+
+def _compare_problems(spec: Spec) -> list[Problem]:
+    """`compare`, `trials_per_cell` and `seeds` (raysearch/cells.py) fit the space and each other."""
+    search, problems = spec.search, []
+    if not search.compare:
+        if search.trials_per_cell is not None:
+            problems.append(Problem("search.trials_per_cell", search.trials_per_cell,
+                                    "only used with search.compare (the dimensions whose cells get these trials)"))
+        if search.seeds > 1:
+            problems.append(Problem("search.seeds", search.seeds, "repeats the points of a comparison; set "
+                                    "search.compare and search.trials_per_cell too"))
+        return problems
+    choices = [n for n, d in search.space.items() if d.kind == "choice" and n != "seed"]
+    for i, name in enumerate(search.compare):
+        dim = search.space.get(name)
+        if dim is None or name == "seed":
+            problems.append(Problem(f"search.compare[{i}]", name, f"no dimension named '{name}' to compare; "
+                                    f"compare takes choice dimensions: {', '.join(choices) or 'none defined'}"))
+        elif dim.kind != "choice":
+            problems.append(Problem(f"search.compare[{i}]", name, f"'{name}' is a `{dim.kind}` dimension; a cell is a "
+                                    "combination of `choice` values, so compare takes choice dimensions"))
+        elif any(key not in search.compare for key in dim.when or {}):
+            problems.append(Problem(f"search.compare[{i}]", name, f"'{name}' has `when` on "
+                                    f"{', '.join(k for k in dim.when if k not in search.compare)}, which is not "
+                                    "compared; compare that dimension too"))
+        elif search.compare.index(name) != i:
+            problems.append(Problem(f"search.compare[{i}]", name, "named twice"))
+    if search.trials_per_cell is None:
+        problems.append(Problem("search.trials_per_cell", MISSING, "required with search.compare: the trials each "
+                                "cell gets (e.g. 6)"))
+    if search.sampler == "grid":
+        problems.append(Problem("search.sampler", "grid", "a comparison fixes every cell's points itself; "
+                                "remove sampler: grid"))
+    expected = search.space.get("seed")
+    if search.seeds > 1 and (expected is None or expected.choice != [spec.train.seed + i for i in range(search.seeds)]):
+        problems.append(Problem("search.space.seed", expected.model_dump(by_alias=True, exclude_defaults=True)
+                                if expected else MISSING, f"with search.seeds the seeds are the dimension `seed`: "
+                                f"remove it from the space (it becomes train.seed .. train.seed + {search.seeds - 1})"))
+    if not problems and "num_trials" in search.model_fields_set:
+        total = num_trials_for(search)
+        if search.num_trials != total:
+            problems.append(Problem("search.num_trials", search.num_trials, f"a comparison runs cells x trials_per_cell "
+                                    f"x seeds = {total} trials; remove num_trials or set it to {total}"))
+    others = [n for n in search.space if n not in search.compare and n != "seed"]
+    if not problems and not others and search.trials_per_cell > 1:
+        problems.append(Problem("search.trials_per_cell", search.trials_per_cell, "every dimension is compared, so "
+                                "a cell has one configuration: use trials_per_cell: 1 (and seeds for repeats)"))
     return problems
 
 

@@ -232,8 +232,18 @@ def leaderboard(
     pareto: bool = typer.Option(False, "--pareto", help="Only the Pareto front (trials that ran to the end)"),
     top: Optional[int] = typer.Option(None, "--top", help="Show the best N"),
     mlflow_uri: str = typer.Option("sqlite:///mlflow.db", "--mlflow-uri"),
+    by: Optional[str] = typer.Option(None, "--by", help="Comma-separated dimensions (a comparison's, e.g. "
+                                     "scaling,rank): the best configuration of each cell, mean ± spread over seeds"),
 ) -> None:
     """Ranked table of a search's trials, read from MLflow."""
+    if by:
+        from raysearch.tables import cells_table
+
+        try:
+            console.print(cells_table(mlflow_uri, name, [d.strip() for d in by.split(",") if d.strip()]))
+        except ValueError as err:
+            fail(str(err))
+        return
     print_leaderboard(mlflow_uri, name, pareto=pareto, top=top)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 import tempfile
 import time
 from collections.abc import Mapping
@@ -146,6 +147,12 @@ def leaderboard(
         rows = [r for r in rows if r["pareto"]]
     return rows[:top] if top is not None else rows
 
+def search_objectives(mlflow_uri: str, experiment_name: str) -> dict[str, str]:
+    """The latest search's objectives, name -> max/min, in their order."""
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    return objectives_of(_latest_search_run(client, mlflow_uri, experiment_name)[1])
+
+
 def _ranked_rows(client: MlflowClient, experiment_id: str, parent: Any) -> list[dict]:
     objectives = objectives_of(parent)
     return sort_rows(rows_of(children(client, experiment_id, parent.info.run_id), objectives), objectives)
@@ -241,3 +248,47 @@ def log_test_scores(mlflow_uri: str, run_id: str, metrics: Mapping[str, float], 
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if finite(v)],
                      tags=[RunTag(tag, data[:MAX_TAG_CHARS])])
+
+
+# A trial run's params that are not part of its configuration: its seed (a comparison's
+# replicate, raysearch/cells.py), and what the variant implied
+NOT_CONFIGURATION = ("seed", "scaling_rule", "effective_loraplus_ratio")
+
+
+def cell_table(rows: list[dict], by: list[str], objective: str, sense: str) -> list[dict[str, Any]]:
+    """The best configuration of each cell: leaderboard rows (`runs.rows_of`) of trials that ran
+    to the end, grouped by the `by` params, then by the rest of their configuration (seeds
+    apart); each configuration's objective averaged over its seeds, the best mean kept.
+
+    Each row: the cell's values, `trials` (finished trials in the cell), `best` (mean), `spread`
+    (sample standard deviation over seeds; None with one), `seeds`, and `config` (the winning
+    configuration's other params, e.g. its tuned lr)."""
+    by_cell: dict[tuple, dict[tuple, list[tuple[dict, float]]]] = defaultdict(lambda: defaultdict(list))
+    counts: dict[tuple, int] = defaultdict(int)
+    for row in rows:
+        params = row["params"]
+        if row["status"] != "completed" or row.get(objective) is None or any(name not in params for name in by):
+            continue
+        cell = tuple(params[name] for name in by)
+        rest = tuple(sorted((k, v) for k, v in params.items() if k not in by and k not in NOT_CONFIGURATION))
+        by_cell[cell][rest].append((params, float(row[objective])))
+        counts[cell] += 1
+    table = []
+    for cell, configs in by_cell.items():
+        scored = []
+        for rest, members in configs.items():
+            values = [v for _, v in members]
+            mean = sum(values) / len(values)
+            spread = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None)
+            scored.append((mean, spread, len(values), dict(rest)))
+        mean, spread, n, config = (max if sense == "max" else min)(scored, key=lambda s: s[0])
+        table.append({**dict(zip(by, cell)), "trials": counts[cell], "best": mean, "spread": spread, "seeds": n,
+                      "config": config})
+    return sorted(table, key=lambda r: tuple(_sortable(r[name]) for name in by))
+
+
+def _sortable(value: Any) -> tuple:
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))

@@ -269,6 +269,18 @@ class SearchSpec(_Model):
     sampled. Not for `grid`."""
     space: dict[str, Dimension]
     """The search dimensions, by name (adapter hyperparameters, `variant`, and lr/weight_decay/...)."""
+    compare: list[str] | None = None
+    """`choice` dimensions to compare fairly, e.g. [scaling, rank]: one cell per combination of
+    their values, every cell given the same `trials_per_cell` trials; the other dimensions (lr,
+    alpha, ...) are searched inside each cell by the same design of points, and early stopping
+    acts within a cell only (raysearch/cells.py). `raysearch leaderboard NAME --by ...` shows
+    the best of each cell."""
+    trials_per_cell: int | None = Field(None, gt=0)
+    """With `compare`: the points of the other dimensions each cell trains (a Latin hypercube,
+    the same in every cell)."""
+    seeds: int = Field(1, ge=1)
+    """With `compare`: train every point with this many seeds (train.seed, train.seed + 1, ...),
+    so a difference between cells comes with its spread."""
 
     @field_validator("space")
     @classmethod
@@ -338,3 +350,10 @@ class Spec(_Model):
         from raysearch.storage import search_dir
 
         return search_dir(self.storage or DEFAULT_STORAGE, self.name)
+
+    @model_validator(mode="after")
+    def _seed_dimension(self) -> "Spec":
+        """search.seeds > 1: `seed` (train.seed) becomes a dimension, train.seed, +1, ..."""
+        if self.search.seeds > 1 and "seed" not in self.search.space:
+            self.search.space["seed"] = Dimension(choice=[self.train.seed + i for i in range(self.search.seeds)])
+        return self

@@ -303,7 +303,11 @@ def default_point(space: dict[str, Dimension], defaults: dict[str, Any]) -> dict
 
 
 def num_trials_for(search: SearchSpec) -> int:
-    """Trials the search will run: the grid size for `grid`, else `num_trials`."""
+    """Trials the search will run: cells × trials_per_cell × seeds for a comparison, the grid
+    size for `grid`, else `num_trials`."""
+    if search.compare and search.trials_per_cell:
+        compared = grid_points({name: search.space[name] for name in search.compare if name in search.space})
+        return len(compared) * search.trials_per_cell * search.seeds
     if search.sampler == "grid":
         return len(grid_points(search.space))
     return search.num_trials

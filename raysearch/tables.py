@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from raysearch.runs import leaderboard as rows_for
+from raysearch.runs import cell_table, leaderboard as rows_for, search_objectives
 
 
 def evaluation_table(label: str, result: Any) -> Table:
@@ -59,3 +59,24 @@ def fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def cells_table(mlflow_uri: str, name: str, by: list[str]) -> Table:
+    """`leaderboard --by`: each cell's best configuration (its objective averaged over seeds),
+    the spread over seeds, and the values it was tuned to (e.g. its lr)."""
+    rows = rows_for(mlflow_uri, name)
+    known = sorted({k for r in rows for k in r["params"]})
+    unknown = [d for d in by if d not in known]
+    if unknown:
+        raise ValueError(f"--by {','.join(by)}: no trial of search {name!r} has {unknown}; its params: {known}")
+    objective, sense = next(iter(search_objectives(mlflow_uri, name).items()))
+    cells = cell_table(rows, by, objective, sense)
+    table = Table(title=f"{name}: best of each cell by {objective} ({sense}), completed trials, mean over seeds")
+    tuned = sorted({k for c in cells for k in c["config"]})
+    for column in (*by, "trials", objective, "± spread", "seeds", *tuned):
+        table.add_column(column, justify="left" if column in by else "right")
+    for c in cells:
+        table.add_row(*(str(c[d]) for d in by), str(c["trials"]), fmt(c["best"]), fmt(c["spread"]), str(c["seeds"]),
+                      *(fmt(number(c["config"].get(k))) if k in c["config"] else "-" for k in tuned))
+    return table
+

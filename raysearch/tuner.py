@@ -15,6 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raysearch import storage
 from raysearch.resources import function_resources
 from raysearch.space import default_point, define_by_run, grid_points, make_sampler, num_trials_for
+from raysearch.cells import CellScheduler, cell_points, state_name
 from raysearch.moasha import DefaultKeepingASHA, MultiObjectiveASHA
 from raysearch.spec import Spec, rung_metrics
 from trainables.contract import DIVERGED, EVALUATION
@@ -114,7 +115,7 @@ def file_point(spec: Spec) -> dict[str, Any] | None:
     with it (search.start_with_defaults; never for `grid`): what the study is given first and
     what early stopping lets run to the end."""
     search = spec.search
-    if not search.start_with_defaults or search.sampler == "grid":
+    if not search.start_with_defaults or search.sampler == "grid" or search.compare:
         return None
     return default_point(search.space, file_defaults(spec)) or None
 
@@ -123,6 +124,10 @@ def first_points(spec: Spec, journal: optuna.storages.BaseStorage) -> list[dict[
     """What the study is given to try first: the grid's points, or the file's own configuration
     (search.start_with_defaults) in a study that has no trials yet."""
     search = spec.search
+    if search.compare:  # every trial of a comparison is fixed up front (raysearch/cells.py)
+        seeds = search.space["seed"].choice if search.seeds > 1 else [spec.train.seed]
+        points = cell_points(search.space, search.compare, search.trials_per_cell, seeds, search.seed)
+        return points if _new_study(journal, spec.name) else None
     if search.sampler == "grid":
         return grid_points(search.space)
     point = file_point(spec)
@@ -156,6 +161,14 @@ def build_scheduler(spec: Spec, storage_dir: str | None = None) -> DefaultKeepin
     stopping = spec.search.early_stopping
     if stopping.scheduler == "none":
         return FIFOScheduler()
+    if spec.search.compare:  # one scheduler per cell: no trial is judged against another cell's
+        return CellScheduler(spec.search.compare, lambda cell: one_scheduler(spec, storage_dir, state_name(cell)))
+    return one_scheduler(spec, storage_dir, MOASHA_STATE)
+
+
+def one_scheduler(spec: Spec, storage_dir: str | None, state: str) -> DefaultKeepingASHA | MultiObjectiveASHA:
+    """MOASHA or ASHA over the trials it is told of; MOASHA keeps its rungs in `storage_dir/state`."""
+    stopping = spec.search.early_stopping
     # The loop's own evaluation count: a restarted trial continues it, while Tune's
     # training_iteration starts again at 1 when a resumed search restarts the function.
     clock = {"time_attr": EVALUATION, "grace_period": stopping.grace_period,
@@ -163,7 +176,7 @@ def build_scheduler(spec: Spec, storage_dir: str | None = None) -> DefaultKeepin
     protected = file_point(spec)
     if stopping.scheduler == "moasha":
         return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock, protected=protected,
-                                  state_file=(str(storage_dir), MOASHA_STATE) if storage_dir is not None else None)
+                                  state_file=(str(storage_dir), state) if storage_dir is not None else None)
     return DefaultKeepingASHA(metric=stopping.metric, mode="min" if stopping.metric.endswith("loss") else "max",
                               protected=protected, **clock)
 

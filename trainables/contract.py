@@ -65,7 +65,7 @@ def ran_to_the_end(result: Mapping[str, Any] | None) -> bool:
 # --- names an experiment file may use -----------------------------------------------
 # Which section of the experiment a sampled dimension sets: these `train:` fields, these
 # `task:` fields, and everything else (variant, rank, alpha, variant options) `adapter:`.
-TRAIN_DIMENSIONS = frozenset({"lr", "weight_decay", "warmup_ratio", "epochs", "batch_size"})
+TRAIN_DIMENSIONS = frozenset({"lr", "weight_decay", "warmup_ratio", "epochs", "batch_size", "seed"})
 TASK_DIMENSIONS = frozenset({"target"})  # which layers are adapted: attention, attention_mlp, all_linear
 
 
