@@ -114,3 +114,59 @@ def write_html(path: Path, rows: list[dict], objectives: Mapping[str, str]) -> N
     fig.update_layout(xaxis_title=x, yaxis_title=y, xaxis_type="log" if log_x else "linear")
     # The full plotly.js is embedded so the plot also opens on clusters without internet.
     fig.write_html(str(path), include_plotlyjs=True)
+
+
+def comparison_lines(table: list[dict], compare: list[str]) -> tuple[str, bool, dict[str, list[dict]]]:
+    """The comparison plot's x axis (the first compared dimension whose values are all numbers,
+    else the first), whether it is numeric, and its lines: one per combination of the other
+    compared values, each sorted by x."""
+    def numeric(name: str) -> bool:
+        try:
+            [float(row[name]) for row in table]
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    x = next((name for name in compare if numeric(name)), compare[0])
+    lines: dict[str, list[dict]] = {}
+    for row in table:
+        label = ", ".join(f"{name}={row[name]}" for name in compare if name != x) or "all"
+        lines.setdefault(label, []).append(row)
+    order = (lambda r: float(r[x])) if numeric(x) else (lambda r: str(r[x]))
+    return x, numeric(x), {label: sorted(rows, key=order) for label, rows in lines.items()}
+
+
+def write_comparison(folder: Path, table: list[dict], compare: list[str], objective: str) -> None:
+    """comparison.png and comparison.html: each cell's best (mean over seeds) against the
+    numeric compared dimension, one line per other compared value, the spread as error bars."""
+    if not table:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    x, numeric, lines = comparison_lines(table, compare)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    figure = go.Figure()
+    for label, rows in lines.items():
+        xs = [float(r[x]) if numeric else str(r[x]) for r in rows]
+        ys, errors = [r["best"] for r in rows], [r["spread"] or 0.0 for r in rows]
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
+        hover = ["<br>".join([f"{k}={v}" for k, v in sorted(r["config"].items())] + [f"seeds={r['seeds']}"]) for r in rows]
+        figure.add_trace(go.Scatter(x=xs, y=ys, error_y={"type": "data", "array": errors}, mode="lines+markers",
+                                    name=label, text=hover, hovertemplate="%{text}<extra></extra>"))
+    if numeric and all(float(r[x]) > 0 for r in table):
+        ax.set_xscale("log", base=2)
+        figure.update_xaxes(type="log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(f"best {objective} of the cell (mean over seeds)")
+    ax.set_title(f"{objective} by {' x '.join(compare)}: each cell at its own tuned values", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "comparison.png", dpi=120)
+    plt.close(fig)
+    figure.update_layout(xaxis_title=x, yaxis_title=f"best {objective} (mean over seeds)")
+    figure.write_html(str(folder / "comparison.html"), include_plotlyjs=True)
+

@@ -93,6 +93,7 @@ def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite:
     storage.write_text(storage_dir, EXPERIMENT_FILE, redact(experiment))
     storage.write_text(storage_dir, SEARCH_FILE, json.dumps({"search_id": search_id}))
     tracking = MlflowTracking(spec.tracking.mlflow_uri, spec.name, spec.search.objectives, flat_params(spec),
+                              compare=spec.search.compare,
                               experiment_file=experiment,
                               storage_scheme=storage_dir.split("://", 1)[0] if "://" in storage_dir else "",
                               search_id=search_id)

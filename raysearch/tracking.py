@@ -29,13 +29,13 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from raysearch.outcome import last_error_line
-from raysearch.plots import write_csv, write_html, write_png
+from raysearch.plots import write_comparison, write_csv, write_html, write_png
 from raysearch.ranks import parse as parse_ranks, write_heatmap
 from raysearch.logged import artifact_location, metrics_of, params_of, result_step, scaling_rule, trial_checkpoint
 from raysearch.redaction import redact
 from raysearch.runs import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, MAX_TAG_CHARS,
                             TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_OBJECTIVES, TAG_PARENT, TAG_PARETO, TAG_REASON, TAG_ROLE,
-                            TAG_SEARCH_ID, TAG_STATUS, TAG_TRIAL_ID, children, finite, rows_of)
+                            TAG_SEARCH_ID, TAG_STATUS, TAG_TRIAL_ID, cell_table, children, finite, rows_of)
 from trainables.contract import (ADAPTER_PARAMS, DIVERGED_STATUS, EFFECTIVE_LORAPLUS_RATIO, RANK_ALLOCATION,
                                  SCALING_EXPONENT, trial_status)
 
@@ -58,8 +58,10 @@ class MlflowTracking(Callback):
         experiment_file: str | None = None,
         storage_scheme: str = "",
         search_id: str | None = None,
+        compare: list[str] | None = None,
     ) -> None:
         self.mlflow_uri = mlflow_uri
+        self.compare = list(compare or [])  # search.compare: the parent run gets the comparison plot
         # Set once per search (not per process): a restored copy of this callback finds
         # the same parent run by this tag, so `raysearch resume` never opens a second one.
         self.search_id = search_id
@@ -96,6 +98,7 @@ class MlflowTracking(Callback):
         self.__dict__.update(state)
         self.__dict__.setdefault("_logged_through", {})  # pickled by a version without it
         self.__dict__.setdefault("_effective_logged", set())
+        self.__dict__.setdefault("compare", [])
         self._parent_lock, self._opening = threading.Lock(), None
         if MlflowTracking.uri_override:
             self.mlflow_uri = MlflowTracking.uri_override
@@ -344,6 +347,10 @@ class MlflowTracking(Callback):
             write_csv(Path(out, "pareto.csv"), finished, self.objectives)
             write_png(Path(out, "pareto.png"), finished, self.objectives)
             write_html(Path(out, "pareto.html"), finished, self.objectives)
+            if self.compare:
+                first, sense = next(iter(self.objectives.items()))
+                table = cell_table(rows, self.compare, first, sense)
+                write_comparison(Path(out), table, self.compare, first)
             self._client.log_artifacts(parent, out)
         first, sense = next(iter(self.objectives.items()))
         # best_* as for the front: a stopped trial's partial-training value is no result of the search

@@ -41,6 +41,9 @@ def test_every_cell_gets_its_trials_and_no_trial_is_judged_against_another_cell(
         judged = {t for recorded in json.loads(state.read_text())["rungs"].values() for t in recorded}
         assert judged and len({cell_of[t] for t in judged}) == 1, (state.name, judged)
 
+    parent = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("raysearch.role") == "search")
+    assert {"comparison.png", "comparison.html"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
     table = CliRunner().invoke(app, ["leaderboard", "cmp", "--by", "scaling", "--mlflow-uri", uri])
     assert table.exit_code == 0, table.output
     assert "best of each cell" in table.output and "lora" in table.output and "rora" in table.output

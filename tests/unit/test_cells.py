@@ -118,3 +118,21 @@ def test_the_best_of_each_cell_is_the_best_mean_over_seeds_with_its_spread():
     assert four["trials"] == 4  # its completed trials
     assert sixteen["best"] == 0.88 and sixteen["spread"] is None and sixteen["config"] == {"lr": "0.003"}
     assert cell_table(rows, ["rank"], "val_accuracy", "min")[0]["config"] == {"lr": "0.003"}  # mean 0.80 < 0.82
+
+
+def test_the_comparison_plot_has_a_line_per_other_value_along_the_numeric_dimension(tmp_path):
+    from raysearch.plots import comparison_lines, write_comparison
+
+    rows = [run(str(i), "completed", acc, scaling=scaling, rank=rank, lr=1e-3, seed=seed)
+            for i, (scaling, rank, seed, acc) in enumerate([
+                ("lora", 16, 0, 0.8), ("lora", 16, 1, 0.82), ("lora", 4, 0, 0.7), ("rora", 16, 0, 0.9),
+                ("rora", 4, 0, 0.75), ("rora", 128, 0, 0.6)])]
+    table = cell_table(rows, ["scaling", "rank"], "val_accuracy", "max")
+    x, numeric, lines = comparison_lines(table, ["scaling", "rank"])
+    assert x == "rank" and numeric and sorted(lines) == ["scaling=lora", "scaling=rora"]
+    assert [r["rank"] for r in lines["scaling=rora"]] == ["4", "16", "128"]  # by value, not as text
+    assert [r["best"] for r in lines["scaling=lora"]] == [0.7, pytest.approx(0.81)]
+    write_comparison(tmp_path, table, ["scaling", "rank"], "val_accuracy")
+    assert (tmp_path / "comparison.png").stat().st_size > 0
+    html = (tmp_path / "comparison.html").read_text()
+    assert html.count('"name":"scaling=') == 2 and '"error_y"' in html
