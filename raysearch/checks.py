@@ -118,6 +118,20 @@ def _option_models(adapters: dict[str, Any], name: str) -> list[type[BaseModel]]
     return models
 
 
+def _init_problems(spec: Spec, adapters: dict[str, Any]) -> list[Problem]:
+    """`adapter.init` other than the default only where every variant that may run takes it."""
+    if spec.adapter.init == "default":
+        return []
+    variant_dim = spec.search.space.get("variant")
+    candidates = variant_dim.choice if variant_dim is not None and variant_dim.kind == "choice" else [spec.adapter.variant]
+    refused = [v for v in candidates or [] if v in adapters and "init" not in adapters[v].hyperparams]
+    if not refused:
+        return []
+    able = sorted(v for v, cls in adapters.items() if "init" in cls.hyperparams)
+    return [Problem("adapter.init", spec.adapter.init, f"{', '.join(refused)} start their adapters their own way; "
+                    f"init is for {', '.join(able)} (to mix, search `init` with `when: {{variant: [...]}}`)")]
+
+
 def renamed_options(adapters: dict[str, Any]) -> dict[str, str]:
     """Former option name -> its name now, over every variant (`Options.renamed`)."""
     return {old: new for cls in adapters.values()
@@ -168,6 +182,7 @@ def semantic_problems(spec: Spec) -> list[Problem]:
             for options in _option_models(adapters, name):
                 problems += [p for p in _dimension_value_problems(name, dim, options) if p not in problems]
     problems += _adapter_option_problems(spec, adapters)
+    problems += _init_problems(spec, adapters)
     problems += _usable_problems(spec, adapters)
     when_problems = space_when_problems(space)
     problems += when_problems

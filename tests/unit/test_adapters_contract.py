@@ -168,22 +168,23 @@ def train_range(adapter, model, optimizer, scheduler, steps: range) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def fresh_trial(name: str, base_dir: Path):
+def fresh_trial(name: str, base_dir: Path, **overrides):
     """Model, adapter, optimizer and schedule as the loop builds them (dropout on: RNG matters)."""
-    adapter, model = attached(name, base_dir, total_steps=RESUME_TOTAL)
+    adapter, model = attached(name, base_dir, total_steps=RESUME_TOTAL, **overrides)
     optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
     scheduler = get_linear_schedule_with_warmup(optimizer, 2, RESUME_TOTAL)
     return adapter, model, optimizer, scheduler
 
 
 @pytest.mark.parametrize("stop", [8, 14])  # mid-budget for the adaptive variants; after AdaLoRA fixes its pattern
-@pytest.mark.parametrize("name", sorted(ADAPTERS))
-def test_resuming_from_a_checkpoint_continues_exactly(name, stop, tiny_bert_dir, tmp_path):
-    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir)
+@pytest.mark.parametrize("name, overrides", [(name, {}) for name in sorted(ADAPTERS)] + [("lora", {"init": "pissa"})])
+def test_resuming_from_a_checkpoint_continues_exactly(name, overrides, stop, tiny_bert_dir, tmp_path):
+    """(lora with PiSSA: the restarted worker's base is the residual again, from the same SVD.)"""
+    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir, **overrides)
     train_range(adapter, model, optimizer, scheduler, range(1, RESUME_TOTAL + 1))
     uninterrupted = trainable_state(model)
 
-    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir)
+    adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir, **overrides)
     train_range(adapter, model, optimizer, scheduler, range(1, stop + 1))
     save_training_state(tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, adapter=adapter,
                         step=stop, evaluations=3)
@@ -191,7 +192,7 @@ def test_resuming_from_a_checkpoint_continues_exactly(name, stop, tiny_bert_dir,
 
     # A new worker: everything rebuilt from the files, then the state put back as the loop does it.
     state = read_training_state(tmp_path)
-    adapter, model = attached(name, tiny_bert_dir, total_steps=RESUME_TOTAL)
+    adapter, model = attached(name, tiny_bert_dir, total_steps=RESUME_TOTAL, **overrides)
     restore_model(model, state)
     optimizer = torch.optim.AdamW(adapter.param_groups(model, 1e-2, 0.0))
     scheduler = get_linear_schedule_with_warmup(optimizer, 2, RESUME_TOTAL)
@@ -203,7 +204,7 @@ def test_resuming_from_a_checkpoint_continues_exactly(name, stop, tiny_bert_dir,
     assert continued.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         torch.testing.assert_close(continued[key], value, atol=1e-6, rtol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
-    changed = [k for k, v in trainable_state(attached(name, tiny_bert_dir, total_steps=RESUME_TOTAL)[1]).items()
+    changed = [k for k, v in trainable_state(attached(name, tiny_bert_dir, total_steps=RESUME_TOTAL, **overrides)[1]).items()
                if v.is_floating_point() and not torch.equal(v, uninterrupted[k])]
     assert changed, "training changed nothing, so the comparison proves nothing"
 
@@ -273,3 +274,40 @@ def test_a_former_option_name_is_an_error_that_names_the_new_one(monkeypatch, wh
     path = f"adapter.{old}" if where == "adapter" else f"search.space.{old}"
     (problem,) = [p for p in error.value.problems if p.path == path]
     assert problem.message.startswith(f"renamed to '{new}'")
+
+
+@pytest.mark.parametrize("init", ["gaussian", "pissa", "olora"])
+@pytest.mark.parametrize("name", sorted(n for n in ADAPTERS if "init" in ADAPTERS[n].hyperparams))
+def test_every_init_exports_a_plain_lora_for_the_original_base(name, init, tiny_bert_dir, tmp_path):
+    """adapter.init (issue 20): PiSSA and OLoRA start from the base weight's principal
+    directions and change the base to the residual. The export still loads on the original,
+    unmodified base and reproduces the trained outputs (PEFT's conversion to rank 2r), and
+    adapter_params counts what ships."""
+    adapter, model = attached(name, tiny_bert_dir, init=init)
+    base = load_base(tiny_bert_dir)
+    changed = any(not torch.equal(p, base.state_dict()[k.removeprefix("base_model.model.").replace(".base_layer", "")])
+                  for k, p in model.state_dict().items() if "base_layer.weight" in k)
+    assert changed == (init in ("pissa", "olora"))
+    train_steps(adapter, model, TRAIN_STEPS)
+    expected = logits(model, batch(9))
+    reloaded = export_and_reload(adapter, model, tiny_bert_dir, tmp_path / "adapter")
+    torch.testing.assert_close(logits(reloaded, batch(9)), expected, atol=1e-5, rtol=1e-4)
+    exported = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert adapter.adapter_params(model) == sum(t.numel() for t in exported.values())
+    ranks = {t.shape[0] for k, t in exported.items() if "lora_A" in k}
+    assert ranks == ({2 * ADAPTER_CONFIG["rank"]} if init in ("pissa", "olora") else {ADAPTER_CONFIG["rank"]})
+
+
+def test_init_is_refused_for_a_variant_that_starts_its_own_way(monkeypatch):
+    import raysearch.checks as checks
+    from raysearch.spec import SpecError, spec_from_dict
+
+    monkeypatch.setattr(checks, "ADAPTERS", ADAPTERS)
+    assert spec_from_dict({"adapter": {"variant": "rora", "init": "pissa"},
+                           "search": {"space": {"init": {"choice": ["default", "olora"]}}}}).adapter.init == "pissa"
+    with pytest.raises(SpecError) as error:
+        spec_from_dict({"adapter": {"init": "pissa"}, "search": {"space": {"variant": {"choice": ["lora", "sora"]}}}})
+    (problem,) = [p for p in error.value.problems if p.path == "adapter.init"]
+    assert problem.message.startswith("sora start their adapters their own way; init is for lora, loraplus, rora")
+    with pytest.raises(SpecError, match="variant 'dora' cannot use 'init'"):
+        spec_from_dict({"search": {"space": {"variant": {"choice": ["lora", "dora"]}, "init": {"choice": ["pissa"]}}}})

@@ -29,7 +29,7 @@ from torch import nn
 from trainables.adapters.base import Options
 from trainables.contract import scaling_exponent
 from trainables.adapters.export import FactoredLoRA, LowRank, live_factors
-from trainables.adapters.lora import TASK_TYPES, lora_layers
+from trainables.adapters.lora import TASK_TYPES, LoRA, lora_layers
 from trainables.models import classifier_head_names, resolve_target_modules
 
 if TYPE_CHECKING:  # PEFT is imported where a model is built (see lora.py).
@@ -87,6 +87,7 @@ class AdaLoRAOptions(Options):
 
 class AdaLoRA(FactoredLoRA):
     name: ClassVar[str] = "adalora"
+    shared: ClassVar[frozenset[str]] = LoRA.shared - {"init"}  # AdaLoRA's SVD triplets start its own way
     options: ClassVar[type[Options]] = AdaLoRAOptions
 
     def __init__(self, config: dict[str, Any], task_type: str = "classification", total_steps: int = 1) -> None:

@@ -20,7 +20,7 @@ def scale(alpha: float, rank: int, scaling: str | float) -> float:
 
 
 # Knobs every variant built on LoRA shares; AdapterSpec (raysearch/spec.py) types them.
-COMMON_HYPERPARAMS = frozenset({"rank", "alpha", "scaling", "dropout", "loraplus_ratio", "target_modules"})
+COMMON_HYPERPARAMS = frozenset({"rank", "alpha", "scaling", "dropout", "loraplus_ratio", "target_modules", "init"})
 
 
 class Options(BaseModel):

@@ -13,4 +13,5 @@ from trainables.adapters.lora import LoRA
 
 class DoRA(LoRA):
     name: ClassVar[str] = "dora"
+    shared: ClassVar[frozenset[str]] = LoRA.shared - {"init"}  # a PiSSA/OLoRA base would not export as DoRA
     use_dora: ClassVar[bool] = True

@@ -16,13 +16,13 @@ into B (`B · diag(g)`) and drops zero ranks, so the shipped adapter is plain Lo
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
 
 from trainables.adapters.export import FactoredLoRA, LowRank, live_factors
-from trainables.adapters.lora import lora_layers
+from trainables.adapters.lora import LoRA, lora_layers
 
 
 class Gate(nn.Module):
@@ -53,6 +53,7 @@ class Gate(nn.Module):
 
 class GatedLoRA(FactoredLoRA):
     """Base class of the gated variants: PEFT LoRA with `slots()` ranks and a gate per module."""
+    shared: ClassVar[frozenset[str]] = LoRA.shared - {"init"}  # gated slots start as LoRA's
 
     # -- what subclasses define -----------------------------------------------------------
     def make_gate(self, name: str, slots: int) -> Gate:

@@ -52,7 +52,7 @@ class GoRA(LoRA):
     name: ClassVar[str] = "gora"
     options: ClassVar[type[Options]] = GoRAOptions
     # GoRA always scales by α/√r_i: the scaling rule is not a dimension here.
-    shared: ClassVar[frozenset[str]] = COMMON_HYPERPARAMS - {"scaling"}
+    shared: ClassVar[frozenset[str]] = COMMON_HYPERPARAMS - {"scaling", "init"}  # its own init
     default_loraplus_ratio: ClassVar[float] = 16.0
 
     def __init__(self, config: dict[str, Any], task_type: str = "classification", total_steps: int = 1) -> None:

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from peft.tuners.lora import LoraLayer
 
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+# adapter.init -> PEFT's init_lora_weights; pissa and olora change the base weights (the
+# export converts the adapter back to one for the original base: `LoRA.converted`)
+INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+CHANGES_BASE = ("pissa", "olora")
 PEFT_PREFIX = "base_model.model."
 
 
@@ -63,6 +67,9 @@ class LoRA:
         ratio = self.config.get("loraplus_ratio")  # None: the variant's default
         return float(ratio) if ratio is not None else self.default_loraplus_ratio
 
+    def init(self) -> str:
+        return self.config.get("init") or "default"
+
     def lora_config(self, model: nn.Module) -> LoraConfig:
         from peft import LoraConfig
 
@@ -75,6 +82,7 @@ class LoRA:
             target_modules=resolve_target_modules(model, self.config.get("target_modules")),
             modules_to_save=heads or None,
             use_dora=self.use_dora,
+            init_lora_weights=INITS[self.init()],
             **peft_scaling_kwargs(float(self.config["alpha"]), rank, self.scaling()),
         )
 
@@ -87,7 +95,31 @@ class LoRA:
     def attach(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, self.lora_config(model))
+        model = get_peft_model(model, self.lora_config(model))
+        if self.init() in CHANGES_BASE:
+            self._save_initial(model)
+        return model
+
+    def _save_initial(self, model: nn.Module) -> None:
+        """A and B as initialised, which the export subtracts again. A restarted trial attaches
+        again from the original base and gets the same ones (PiSSA's SVD, OLoRA's QR)."""
+        self._initial = {name: (layer.lora_A["default"].weight.detach().clone(),
+                                layer.lora_B["default"].weight.detach().clone())
+                         for name, layer in lora_layers(model)}
+
+    def converted(self, model: nn.Module) -> list:
+        """The adapter for the original base when the init changed it: W0 = W_res + s·B0·A0, so
+        W_res + s·B·A = W0 + s·[B, −B0]·[A; A0], a LoRA of rank 2r (what PEFT's conversion
+        computes; PEFT's own path drops a classifier's saved head, so the rows are built here)."""
+        from trainables.adapters.export import LowRank
+
+        out = []
+        for name, layer in lora_layers(model):
+            A, B = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+            A0, B0 = self._initial[name]
+            out.append(LowRank(name, torch.cat([A, A0]).float(), torch.cat([B, -B0], dim=1).float(),
+                               float(layer.scaling["default"])))
+        return out
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         # Built by hand rather than with peft's create_loraplus_optimizer, which
@@ -116,6 +148,10 @@ class LoRA:
     def adapter_params(self, model: nn.Module) -> int:
         from peft import get_peft_model_state_dict
 
+        if self.init() in CHANGES_BASE:  # what the export ships: [A; A0] and [B, -B0], rank 2r
+            from trainables.adapters.export import exported_params
+
+            return exported_params(model, self.converted(model))
         return sum(t.numel() for t in get_peft_model_state_dict(model).values())
 
     def budget_settles_at(self) -> int:
@@ -125,4 +161,10 @@ class LoRA:
         return {name: int(layer.r["default"]) for name, layer in lora_layers(model)}
 
     def export(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(str(path))
+        if self.init() in CHANGES_BASE:
+            from trainables.adapters.export import save_plain_lora
+
+            save_plain_lora(model, path, self.converted(model), TASK_TYPES[self.task_type],
+                            dropout=float(self.config.get("dropout", 0.0)))
+        else:
+            model.save_pretrained(str(path))
