@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 def test_every_cell_gets_its_trials_and_no_trial_is_judged_against_another_cell(tmp_path, tiny_model_dir,
                                                                                  monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = write_experiment(tmp_path / "cmp.yaml", tiny_model_dir, name="cmp", eval_every_steps=2, search={
+    space = write_experiment(tmp_path / "cmp.yaml", tiny_model_dir, name="cmp", eval_every_steps=2, train_examples=48,
+                             eval_examples=24, search={
         "max_concurrent": 2, "compare": ["scaling"], "trials_per_cell": 2,
         "early_stopping": {"grace_period": 1, "reduction_factor": 2},  # MOASHA, per cell
         "space": {"scaling": {"choice": ["lora", "rora"]}, "lr": {"loguniform": [1e-3, 1e-2]}},

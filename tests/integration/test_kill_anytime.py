@@ -5,7 +5,8 @@ from its last checkpoint (issue 17).
 
 The moments are seeded: random delays after each (re)start, plus moments chosen by event,
 polled every 10 ms: right after a trial is recorded as ended (before Optuna and MLflow are
-told) and right after a new trial is created (before Tune saves it). Tune saves its own
+told), right after a new trial is created (before Tune saves it), and while a trial is midway
+(so that, however fast or slow the machine, some kills interrupt a trial that has checkpoints). Tune saves its own
 experiment state only every ≥10 s here (its default), so most kills fall where it lags."""
 from __future__ import annotations
 
@@ -32,18 +33,27 @@ FINISHED = ("completed", "early_stopped")
 
 
 def kill_plan(seed: int) -> list[tuple[str, float]]:
-    """(trigger, delay) for each kill: "ended" and "created" twice each, the rest random
-    delays after the (re)start, in a seeded order."""
+    """(trigger, delay) for each kill: "ended", "created" and "midway" twice each, the rest
+    random delays after the (re)start, in a seeded order."""
     rng = random.Random(seed)
-    plan = [("ended", 0.0), ("ended", 0.0), ("created", 0.0), ("created", 0.0)]
+    plan = [("ended", 0.0), ("ended", 0.0), ("created", 0.0), ("created", 0.0), ("midway", 0.0), ("midway", 0.0)]
     plan += [("delay", round(rng.uniform(0.5, 9.0), 2)) for _ in range(KILLS - len(plan))]
     rng.shuffle(plan)
     return plan
 
 
-def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path, started: float) -> bool:
+def midway(uri: str, results: Path, steps_before: dict[str, int]) -> bool:
+    """Whether a running trial's run has logged, since this driver started, a step with
+    checkpoints behind it and steps ahead."""
+    ended = {t for t, r in read_records(str(results)).items() if r.get("ended")}
+    return any(2 * EVAL_EVERY <= step <= STEPS - 2 * EVAL_EVERY and step > steps_before.get(trial, 0)
+               for trial, step in snapshot(uri)[1].items() if trial not in ended)
+
+
+def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path, started: float, uri: str) -> bool:
     """Wait for the moment to kill; False when the search ended first."""
-    before = read_records(str(results))
+    before, checked = read_records(str(results)), 0.0
+    steps_before = snapshot(uri)[1] if trigger == "midway" else {}
     ended_before = {t for t, r in before.items() if r.get("ended")}
     while driver.poll() is None:
         if trigger == "delay" and time.time() - started >= delay:
@@ -54,6 +64,10 @@ def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path
                 return True
             if trigger == "created" and set(records) - set(before):
                 return True
+            if trigger == "midway" and time.time() - checked >= 0.25:  # MLflow read at most 4 times a second
+                checked = time.time()
+                if midway(uri, results, steps_before):
+                    return True
             if time.time() - started > 40:  # no such event this time: kill anyway
                 return True
         time.sleep(0.01)
@@ -95,7 +109,7 @@ def test_killed_at_random_moments_resumes_exactly(tmp_path, tiny_model_dir):
         log = (tmp_path / f"driver-{len(kills)}.log").open("w")
         driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            if not wait_for(trigger, delay, driver, results, started):
+            if not wait_for(trigger, delay, driver, results, started, uri):
                 pytest.fail(f"the search finished after only {len(kills)} kills; lengthen it\n"
                             + (tmp_path / f"driver-{len(kills)}.log").read_text()[-3000:])
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, at once
