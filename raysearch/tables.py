@@ -73,10 +73,11 @@ def cells_table(mlflow_uri: str, name: str, by: list[str]) -> Table:
     cells = cell_table(rows, by, objective, sense)
     table = Table(title=f"{name}: best of each cell by {objective} ({sense}), completed trials, mean over seeds")
     tuned = sorted({k for c in cells for k in c["config"]})
-    for column in (*by, "trials", objective, "± spread", "seeds", *tuned):
+    for column in (*by, "trials", objective, "± spread", "seeds", *tuned, "its trials"):
         table.add_column(column, justify="left" if column in by else "right")
     for c in cells:
         table.add_row(*(str(c[d]) for d in by), str(c["trials"]), fmt(c["best"]), fmt(c["spread"]), str(c["seeds"]),
-                      *(fmt(number(c["config"].get(k))) if k in c["config"] else "-" for k in tuned))
+                      *(fmt(number(c["config"].get(k))) if k in c["config"] else "-" for k in tuned),
+                      " ".join(t[:8] for t in c["trial_ids"]))
     return table
 

@@ -114,6 +114,7 @@ def test_the_best_of_each_cell_is_the_best_mean_over_seeds_with_its_spread():
     assert [c["rank"] for c in table] == ["4", "16"]
     four, sixteen = table
     assert four["best"] == pytest.approx(0.82) and four["config"] == {"lr": "0.001"} and four["seeds"] == 2
+    assert four["trial_ids"] == ["1", "2"]  # the winning configuration's trials, one a seed
     assert four["spread"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))  # sample std of 0.80, 0.84
     assert four["trials"] == 4  # its completed trials
     assert sixteen["best"] == 0.88 and sixteen["spread"] is None and sixteen["config"] == {"lr": "0.003"}
