@@ -27,7 +27,7 @@ from tiny_search import continuation_problems, write_experiment
 
 pytestmark = pytest.mark.integration
 
-TRIALS, EVAL_EVERY, STEPS = 5, 4, 96  # 96 examples, batch 8: 12 steps an epoch, 8 epochs
+TRIALS, EVAL_EVERY, STEPS = 5, 4, 72  # 96 examples, batch 8: 12 steps an epoch, 6 epochs
 KILLS, SEED = 10, int(os.environ.get("RAYSEARCH_KILL_SEED", "17"))  # another seed: other moments
 FINISHED = ("completed", "early_stopped")
 
