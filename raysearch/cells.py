@@ -63,12 +63,12 @@ def cell_points(space: Mapping[str, Dimension], compare: list[str], trials_per_c
     """Every trial of a comparison, as full points: design point by design point (each in every
     cell, with every seed), so all cells progress together. A design value whose `when` does
     not hold in a cell is left out of that cell's point."""
-    out = []
+    out, grid, order = [], cells(space, compare), dependency_order(dict(space))
     for values in design(space, compare, trials_per_cell, seed):
         for replicate in seeds:
-            for cell in cells(space, compare):
+            for cell in grid:
                 point = dict(cell)
-                for name in dependency_order(dict(space)):
+                for name in order:
                     if name in values and is_active(space[name], point):
                         point[name] = values[name]
                 if len(seeds) > 1:
