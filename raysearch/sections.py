@@ -201,11 +201,12 @@ class AdapterSpec(_Model):
     """LoRA+: learning rate of B divided by that of A; None is the variant's default (16 for loraplus, else 1)."""
     target_modules: list[str] | None = None
     """Module names to adapt; None picks the attention/MLP projections for the architecture."""
-    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    init: Literal["default", "gaussian", "pissa", "olora", "eva"] = "default"
     """How A and B start (PEFT's init_lora_weights), for lora, rora and loraplus: `default` (A
     kaiming, B = 0), `gaussian` (A normal), `pissa` / `olora` (the base weight's principal
     singular / QR directions; the base becomes the residual, and the export converts back to a
-    plain LoRA of rank 2r on the original base)."""
+    plain LoRA of rank 2r on the original base), `eva` (data-driven: A from the singular vectors
+    of each layer's inputs on 8 training batches; B = 0, the base unchanged)."""
 
     @field_validator("scaling", mode="before")
     @classmethod

@@ -177,9 +177,11 @@ def fresh_trial(name: str, base_dir: Path, **overrides):
 
 
 @pytest.mark.parametrize("stop", [8, 14])  # mid-budget for the adaptive variants; after AdaLoRA fixes its pattern
-@pytest.mark.parametrize("name, overrides", [(name, {}) for name in sorted(ADAPTERS)] + [("lora", {"init": "pissa"})])
+@pytest.mark.parametrize("name, overrides", [(name, {}) for name in sorted(ADAPTERS)]
+                         + [("lora", {"init": "pissa"}), ("lora", {"init": "eva"})])
 def test_resuming_from_a_checkpoint_continues_exactly(name, overrides, stop, tiny_bert_dir, tmp_path):
-    """(lora with PiSSA: the restarted worker's base is the residual again, from the same SVD.)"""
+    """(lora with PiSSA: the restarted worker's base is the residual again, from the same SVD;
+    with EVA: the restarted worker's prepare reads the same batches again.)"""
     adapter, model, optimizer, scheduler = fresh_trial(name, tiny_bert_dir, **overrides)
     train_range(adapter, model, optimizer, scheduler, range(1, RESUME_TOTAL + 1))
     uninterrupted = trainable_state(model)
@@ -276,7 +278,7 @@ def test_a_former_option_name_is_an_error_that_names_the_new_one(monkeypatch, wh
     assert problem.message.startswith(f"renamed to '{new}'")
 
 
-@pytest.mark.parametrize("init", ["gaussian", "pissa", "olora"])
+@pytest.mark.parametrize("init", ["gaussian", "pissa", "olora", "eva"])
 @pytest.mark.parametrize("name", sorted(n for n in ADAPTERS if "init" in ADAPTERS[n].hyperparams))
 def test_every_init_exports_a_plain_lora_for_the_original_base(name, init, tiny_bert_dir, tmp_path):
     """adapter.init (issue 20): PiSSA and OLoRA start from the base weight's principal
@@ -296,6 +298,46 @@ def test_every_init_exports_a_plain_lora_for_the_original_base(name, init, tiny_
     assert adapter.adapter_params(model) == sum(t.numel() for t in exported.values())
     ranks = {t.shape[0] for k, t in exported.items() if "lora_A" in k}
     assert ranks == ({2 * ADAPTER_CONFIG["rank"]} if init in ("pissa", "olora") else {ADAPTER_CONFIG["rank"]})
+
+
+def test_eva_starts_a_from_the_principal_directions_of_each_layers_inputs(tiny_bert_dir):
+    """init 'eva' is data-driven: A's first rows are the leading principal directions of that
+    layer's (centred) inputs on the training batches `prepare` read, in order; B starts at 0,
+    so the outputs are the base's. (Only the first two are checked: on this random tiny model
+    the later singular values lie close together, and EVA's incremental SVD stops at
+    convergence, so the later directions are not pinned down.) A default A is not aligned."""
+    from trainables.adapters.lora import EVA_BATCHES, lora_layers
+
+    base = load_base(tiny_bert_dir)
+    inputs: dict[str, list[torch.Tensor]] = {}
+    names = [n for n, _ in lora_layers(attached("lora", tiny_bert_dir)[1])]
+    hooks = [base.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: inputs.setdefault(n, []).append(i[0].reshape(-1, i[0].shape[-1]).detach()))
+        for n in names]
+    stream = batches()
+    with torch.no_grad():
+        for _ in range(EVA_BATCHES):
+            base(**next(stream))
+    for h in hooks:
+        h.remove()
+
+    def alignment(model) -> dict[str, torch.Tensor]:
+        """Per layer: |cos| between A's row i and the inputs' i-th principal direction."""
+        out = {}
+        for name, layer in lora_layers(model):
+            x = torch.cat(inputs[name])
+            directions = torch.linalg.svd(x - x.mean(dim=0), full_matrices=False).Vh
+            A = torch.nn.functional.normalize(layer.lora_A["default"].weight.detach(), dim=1)
+            out[name] = (A * directions[: len(A)]).sum(dim=1).abs()
+        return out
+
+    adapter, eva = attached("lora", tiny_bert_dir, init="eva")
+    aligned = alignment(eva)
+    assert sorted(aligned) == sorted(names) and names
+    assert all(cos[:2].min() > 0.9 for cos in aligned.values()), aligned
+    assert all(cos[:2].max() < 0.5 for cos in alignment(attached("lora", tiny_bert_dir)[1]).values())
+    assert all(not layer.lora_B["default"].weight.any() for _, layer in lora_layers(eva))
+    torch.testing.assert_close(logits(eva, batch(9)), logits(base, batch(9)))
 
 
 def test_init_is_refused_for_a_variant_that_starts_its_own_way(monkeypatch):

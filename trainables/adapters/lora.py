@@ -9,6 +9,7 @@ small subclass of this one.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
@@ -27,8 +28,12 @@ if TYPE_CHECKING:
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 # adapter.init -> PEFT's init_lora_weights; pissa and olora change the base weights (the
 # export converts the adapter back to one for the original base: `LoRA.converted`)
-INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "eva": "eva"}
 CHANGES_BASE = ("pissa", "olora")
+# EVA (Paischer et al., 2024) starts A from the top right-singular vectors of each layer's
+# inputs, an incremental SVD over training batches that stops once they converge; it cycles
+# through this many batches (they repeat if it needs more).
+EVA_BATCHES = 8
 PEFT_PREFIX = "base_model.model."
 
 
@@ -83,14 +88,24 @@ class LoRA:
             modules_to_save=heads or None,
             use_dora=self.use_dora,
             init_lora_weights=INITS[self.init()],
+            eva_config=self._eva_config() if self.init() == "eva" else None,
             **peft_scaling_kwargs(float(self.config["alpha"]), rank, self.scaling()),
         )
+
+    def _eva_config(self) -> Any:
+        from peft import EvaConfig
+
+        # rho 1: every layer keeps rank r (EVA's default 2 moves rank between layers, which would
+        # make `init` change the budget it is compared at). Causal LM: only answer tokens count
+        # (labels != -100); a classifier's labels are one per sequence, so every token counts.
+        return EvaConfig(rho=1.0, use_label_mask=self.task_type == "causal_lm")
 
     # -- hooks ----------------------------------------------------------------------
     def prepare(
         self, model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], val_batch: dict[str, torch.Tensor]
     ) -> None:
-        return None
+        if self.init() == "eva":  # the training batches EVA's SVD reads (the same on a restart: same seed)
+            self._eva_batches = list(itertools.islice(batches, EVA_BATCHES))
 
     def attach(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
@@ -98,7 +113,23 @@ class LoRA:
         model = get_peft_model(model, self.lora_config(model))
         if self.init() in CHANGES_BASE:
             self._save_initial(model)
+        if self.init() == "eva":
+            self._eva_init(model)
         return model
+
+    def _eva_init(self, model: nn.Module) -> None:
+        from peft import initialize_lora_eva_weights
+
+        batches = getattr(self, "_eva_batches", None)
+        if not batches:
+            raise RuntimeError("init 'eva' reads training batches: call adapter.prepare(model, batches, val_batch) "
+                               "before attach()")
+        # Under Ray Train each worker passes its own slices and PEFT gathers the layer inputs of all
+        # workers, so every worker computes the same SVD (and the same A).
+        modes = {m: m.training for m in model.modules()}  # PEFT leaves every module in the wrapper's mode
+        initialize_lora_eva_weights(model, dataloader=batches, show_progress_bar=False)
+        for module, training in modes.items():
+            module.training = training
 
     def _save_initial(self, model: nn.Module) -> None:
         """A and B as initialised, which the export subtracts again. A restarted trial attaches
