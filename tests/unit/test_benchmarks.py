@@ -208,3 +208,42 @@ def test_smol_table_quick(tmp_path, capsys):
     assert all(d["low"] <= d["diff"] <= d["high"] for d in out["differences"])
     printed = capsys.readouterr().out
     assert "paired differences on the same records" in printed and "raysearch best by validation" in printed
+
+
+def test_cell_study_compares_each_cell_with_its_baseline_on_seed_averaged_records(capsys):
+    """benchmarks/cell_study.py: α/√r at rank 4 is compared with α/r at rank 4 (not another
+    rank); each test record's correctness is averaged over the seeds before the paired
+    difference; the baseline cell has no difference of its own."""
+    study = load("cell_study")
+    cells = [{"scaling": s, "rank": r} for s in ("lora", "rora") for r in (4, 16)]
+    assert study.baseline_of(cells[2], {"scaling": "lora"}, cells, ["scaling", "rank"]) is cells[0]
+    assert study.baseline_of(cells[3], {"scaling": "lora"}, cells, ["scaling", "rank"]) is cells[1]
+    assert study.baseline_of(cells[0], {"scaling": "lora"}, cells, ["scaling", "rank"]) is None
+    assert study.baseline_of(cells[2], {"scaling": "lora"}, cells[2:], ["scaling", "rank"]) is None
+
+    assert study.per_record([[True, False, True, False], [True, True, True, False]]) == [1.0, 0.5, 1.0, 0.0]
+    diff, low, high = study.difference([[True, False, True, False], [True, True, True, False]],
+                                       [[False, False, True, False], [False, False, True, False]])
+    assert diff == pytest.approx((1 + 0.5 + 0 + 0) / 4) and low <= diff <= high
+
+    scored = [{**c, "trials": 4, "seeds": 2, "best": 0.8, "spread": 0.01, "config": {"lr": "0.001"},
+               "test": [0.7, 0.8], "correct": [[c["scaling"] == "rora", True], [True, True]]} for c in cells]
+    rows = study.print_table(scored, ["scaling", "rank"], {"scaling": "lora"})
+    assert [r["diff"] is None for r in rows] == [True, True, False, False]
+    assert rows[2]["diff"][0] == pytest.approx(0.25) and rows[2]["test"] == pytest.approx(0.75)
+    assert rows[2]["test_sd"] == pytest.approx(0.0707, abs=1e-4) and rows[2]["lr"] == 0.001
+    out = capsys.readouterr().out
+    assert "| rora | 4 | 4 | 1.0e-03 | 0.800 ± 0.010 | 0.750 ± 0.071 | +25.0 [" in out
+    assert "| lora | 4 | 4 | 1.0e-03 | 0.800 ± 0.010 | 0.750 ± 0.071 | baseline |" in out
+
+
+def test_cell_study_files_are_the_shipped_comparison_spaces():
+    """Each study runs a shipped search space, on SST-2 with a carved test split, every trial to the end."""
+    from raysearch.spec import spec_from_dict
+
+    study = load("cell_study")
+    for key, entry in study.STUDIES.items():
+        spec = spec_from_dict(study.experiment_file(entry, quick=False))
+        assert spec.name == entry.name and spec.task.test_fraction > 0 and spec.search.compare
+        assert set(entry.baseline) <= set(spec.search.compare) and spec.search.seeds >= 2, key
+        assert spec.search.early_stopping.scheduler == "none", key
