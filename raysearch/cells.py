@@ -21,8 +21,8 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from raysearch.space import Dimension, dependency_order, grid_points, is_active
+from trainables.contract import SEED_DIMENSION
 
-SEED_DIMENSION = "seed"  # train.seed, a dimension of its own when search.seeds > 1
 
 
 def cells(space: Mapping[str, Dimension], compare: list[str]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from raysearch.sections import (CAUSAL_LM_METRICS, CAUSAL_LM_ONLY, CLASSIFICATIO
                                 AdapterSpec, SearchSpec, SourceSpec, Spec, TaskSpec, TrainSpec)
 from raysearch.space import Dimension, grid_points, num_trials_for
 from raysearch.space import when_problems as space_when_problems
-from trainables.contract import CAUSAL_LM_BUILTINS, TASK_DIMENSIONS, TRAIN_DIMENSIONS
+from trainables.contract import CAUSAL_LM_BUILTINS, SEED_DIMENSION, TASK_DIMENSIONS, TRAIN_DIMENSIONS
 
 # The adapter registry (name -> class with ClassVar `hyperparams` and `options`). Imported
 # lazily by `registry()` because it imports torch, which `raysearch --help` should not pay
@@ -217,10 +217,10 @@ def _compare_problems(spec: Spec) -> list[Problem]:
             problems.append(Problem("search.seeds", search.seeds, "repeats the points of a comparison; set "
                                     "search.compare and search.trials_per_cell too"))
         return problems
-    choices = [n for n, d in search.space.items() if d.kind == "choice" and n != "seed"]
+    choices = [n for n, d in search.space.items() if d.kind == "choice" and n != SEED_DIMENSION]
     for i, name in enumerate(search.compare):
         dim = search.space.get(name)
-        if dim is None or name == "seed":
+        if dim is None or name == SEED_DIMENSION:
             problems.append(Problem(f"search.compare[{i}]", name, f"no dimension named '{name}' to compare; "
                                     f"compare takes choice dimensions: {', '.join(choices) or 'none defined'}"))
         elif dim.kind != "choice":
@@ -238,7 +238,7 @@ def _compare_problems(spec: Spec) -> list[Problem]:
     if search.sampler == "grid":
         problems.append(Problem("search.sampler", "grid", "a comparison fixes every cell's points itself; "
                                 "remove sampler: grid"))
-    expected = search.space.get("seed")
+    expected = search.space.get(SEED_DIMENSION)
     if search.seeds > 1 and (expected is None or expected.choice != [spec.train.seed + i for i in range(search.seeds)]):
         problems.append(Problem("search.space.seed", expected.model_dump(by_alias=True, exclude_defaults=True)
                                 if expected else MISSING, f"with search.seeds the seeds are the dimension `seed`: "
@@ -248,7 +248,7 @@ def _compare_problems(spec: Spec) -> list[Problem]:
         if search.num_trials != total:
             problems.append(Problem("search.num_trials", search.num_trials, f"a comparison runs cells x trials_per_cell "
                                     f"x seeds = {total} trials; remove num_trials or set it to {total}"))
-    others = [n for n in search.space if n not in search.compare and n != "seed"]
+    others = [n for n in search.space if n not in search.compare and n != SEED_DIMENSION]
     if not problems and not others and search.trials_per_cell > 1:
         problems.append(Problem("search.trials_per_cell", search.trials_per_cell, "every dimension is compared, so "
                                 "a cell has one configuration: use trials_per_cell: 1 (and seeds for repeats)"))

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from raysearch.pareto import pareto_table
 from raysearch.ranks import parse as parse_ranks
 from raysearch.redaction import redact
-from trainables.contract import COMPLETED, FINISHED
+from trainables.contract import COMPLETED, FINISHED, SEED_DIMENSION
 
 TAG_ROLE = "raysearch.role"
 TAG_TRIAL_ID = "raysearch.trial_id"
@@ -252,7 +252,7 @@ def log_test_scores(mlflow_uri: str, run_id: str, metrics: Mapping[str, float], 
 
 # A trial run's params that are not part of its configuration: its seed (a comparison's
 # replicate, raysearch/cells.py), and what the variant implied
-NOT_CONFIGURATION = ("seed", "scaling_rule", "effective_loraplus_ratio")
+NOT_CONFIGURATION = (SEED_DIMENSION, "scaling_rule", "effective_loraplus_ratio")
 
 
 def cell_table(rows: list[dict], by: list[str], objective: str, sense: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from raysearch.problems import StrictModel as _Model
 from raysearch.space import Dimension
+from trainables.contract import SEED_DIMENSION
 
 DEFAULT_STORAGE = "./raysearch_results"
 
@@ -360,6 +361,6 @@ class Spec(_Model):
     @model_validator(mode="after")
     def _seed_dimension(self) -> "Spec":
         """search.seeds > 1: `seed` (train.seed) becomes a dimension, train.seed, +1, ..."""
-        if self.search.seeds > 1 and "seed" not in self.search.space:
-            self.search.space["seed"] = Dimension(choice=[self.train.seed + i for i in range(self.search.seeds)])
+        if self.search.seeds > 1 and SEED_DIMENSION not in self.search.space:
+            self.search.space[SEED_DIMENSION] = Dimension(choice=[self.train.seed + i for i in range(self.search.seeds)])
         return self

@@ -18,7 +18,7 @@ from raysearch.space import default_point, define_by_run, grid_points, make_samp
 from raysearch.cells import CellScheduler, cell_points, state_name
 from raysearch.moasha import DefaultKeepingASHA, MultiObjectiveASHA
 from raysearch.spec import Spec, rung_metrics
-from trainables.contract import DIVERGED, EVALUATION
+from trainables.contract import DIVERGED, EVALUATION, SEED_DIMENSION
 from trainables.trial import run_trial
 
 
@@ -125,7 +125,7 @@ def first_points(spec: Spec, journal: optuna.storages.BaseStorage) -> list[dict[
     (search.start_with_defaults) in a study that has no trials yet."""
     search = spec.search
     if search.compare:  # every trial of a comparison is fixed up front (raysearch/cells.py)
-        seeds = search.space["seed"].choice if search.seeds > 1 else [spec.train.seed]
+        seeds = search.space[SEED_DIMENSION].choice if search.seeds > 1 else [spec.train.seed]
         points = cell_points(search.space, search.compare, search.trials_per_cell, seeds, search.seed)
         return points if _new_study(journal, spec.name) else None
     if search.sampler == "grid":

@@ -65,7 +65,8 @@ def ran_to_the_end(result: Mapping[str, Any] | None) -> bool:
 # --- names an experiment file may use -----------------------------------------------
 # Which section of the experiment a sampled dimension sets: these `train:` fields, these
 # `task:` fields, and everything else (variant, rank, alpha, variant options) `adapter:`.
-TRAIN_DIMENSIONS = frozenset({"lr", "weight_decay", "warmup_ratio", "epochs", "batch_size", "seed"})
+SEED_DIMENSION = "seed"  # train.seed; a comparison's replicates (search.seeds > 1) are this dimension
+TRAIN_DIMENSIONS = frozenset({"lr", "weight_decay", "warmup_ratio", "epochs", "batch_size", SEED_DIMENSION})
 TASK_DIMENSIONS = frozenset({"target"})  # which layers are adapted: attention, attention_mlp, all_linear
 
 
