@@ -3,7 +3,7 @@
 For each model (MiniLM-L6 classifier, a small LLaMA-style causal LM built from a
 config) and each variant, one process builds the adapter exactly as the training
 loop does (construct -> prepare -> attach -> AdamW on `param_groups`) and times
-training steps through the hooks: forward + extra_loss + backward + clip +
+training steps through the hooks: forward + extra_loss + backward + clip (what the loop clips) +
 optimizer.step (the step time), then `after_step` separately. Variants are measured interleaved, round by round,
 so machine noise hits all of them alike; the ratio to LoRA is per round, then the
 median is reported. One-off costs (GoRA's gradient pass in `prepare`, ALoRA's
@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
 
 from trainables.adapters import ADAPTERS  # noqa: E402
+from trainables.loop import clipped_parameters  # noqa: E402
 from trainables.models import resolve_model_path  # noqa: E402
 
 LLAMA = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
@@ -113,6 +114,7 @@ class Runner:
         self.model = self.adapter.attach(model)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.adapter.param_groups(self.model, 1e-4, 0.0))
+        self.clipped = clipped_parameters(self.model, self.optimizer)  # as the loop: not SoRA's gates
         self.step_index = 0
 
     def step(self, saved: dict[int, int] | None = None) -> float:
@@ -124,7 +126,7 @@ class Runner:
             loss = self.model(**batch).loss
             extra = self.adapter.extra_loss(self.model, self.step_index)
         (loss if extra is None else loss + extra).backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.clipped, 1.0)
         self.optimizer.step()
         hook_started = time.perf_counter()
         self.adapter.after_step(self.model, self.step_index, batch)
