@@ -16,6 +16,7 @@ with MiniLM-L6, then:
     python benchmarks/cell_study.py rora        # scaling x rank, 64 trials (~30 min on 2 cores)
     python benchmarks/cell_study.py variants    # the nine variants, 54 trials
     python benchmarks/cell_study.py init        # five initialisations at rank 16, 30 trials
+    python benchmarks/cell_study.py rora-smol   # the RoRA question on SmolLM2 + commonsense (~4 h on 2 cores; not run yet)
     python benchmarks/cell_study.py rora --search rora-fair-sst2 --mlflow-uri sqlite:///mlflow.db  # score a finished search
 """
 from __future__ import annotations
@@ -59,13 +60,29 @@ class Study:
     """The cell every other is compared with, by its compared value(s) that differ."""
     overrides: dict[str, Any] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=lambda: dict(SST2_SIZES))
+    """The data and schedule: SST-2 with a carved test split, or the file's own."""
 
+
+# The RoRA question on SmolLM2-135M-Instruct (commonsense_smol.yaml's data, prompts and test
+# split: 20% of every training file). Not run yet: a trial takes ~8 min on 2 CPU cores, so 64
+# trials are ~4 h there; on one GPU, minutes.
+SMOL_RORA = {
+    "name": "rora-fair-smol",
+    "search": {"objectives": {"val_answer_accuracy": "max", "adapter_params": "min"}, "max_concurrent": 2,
+               "early_stopping": {"scheduler": "none"}, "compare": ["scaling", "rank"], "trials_per_cell": 4,
+               "seeds": 2, "space": {"scaling": {"choice": ["lora", "rora"]}, "rank": {"choice": [4, 16, 64, 128]},
+                                     "lr": {"loguniform": [1.0e-4, 3.0e-3]}}},
+}
 
 STUDIES = {
     "rora": Study("rank_scaling_fair.yaml", "rora-fair-sst2", {"scaling": "lora"},
                   quick={"search.space.rank": {"choice": [4, 8]}}),
     "variants": Study("variants_fair.yaml", "variants-fair-sst2", {"variant": "lora"}, overrides=FEWER,
                       quick={"search.space.variant": {"choice": ["lora", "loraplus"]}}),
+    "rora-smol": Study("commonsense_smol.yaml", "rora-fair-smol", {"scaling": "lora"}, overrides=SMOL_RORA, sizes={},
+                       quick={"model": "builtin:tiny-llama", "search.space.rank": {"choice": [4, 8]},
+                              "task.max_train_examples": 8, "task.max_eval_examples": 2, "task.max_test_examples": 4}),
     "init": Study("init.yaml", "init-sst2", {"init": "default"}, overrides=FEWER,
                   quick={"search.space.init": {"choice": ["default", "eva"]}}),
 }
@@ -84,7 +101,7 @@ def experiment_file(study: Study, quick: bool) -> dict[str, Any]:
 
     raw = yaml.safe_load((SPACES / study.space).read_text())
     raw["name"] = study.name
-    for key, value in {**SST2_SIZES, **study.overrides, **(QUICK | study.quick if quick else {})}.items():
+    for key, value in {**study.sizes, **study.overrides, **(QUICK | study.quick if quick else {})}.items():
         set_dotted(raw, key, value)
     return raw
 
