@@ -40,14 +40,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900
 
-# Every benchmark's full run, one after another (about 3 h on 2 CPU cores); what each
+# Every benchmark's full run, one after another (about 5 h on 2 CPU cores); what each
 # prints is kept in benchmarks/results/<name>.txt, the numbers docs/benchmarks.md quotes.
+# The fair comparisons (cell_study.py, docs/benchmarks.md §4) run one study at a time.
 BENCHMARKS := adapter_step_cost overhead search_efficiency early_stopping search_vs_default rora_rank_sweep smol_table
 bench: SHELL := /bin/bash
 bench: $(STAMP)
 	mkdir -p benchmarks/results
 	set -o pipefail; for name in $(BENCHMARKS); do \
 	  $(BIN)/python benchmarks/$$name.py | tee benchmarks/results/$$name.txt || exit 1; \
+	done; \
+	for study in rora variants init; do \
+	  $(BIN)/python benchmarks/cell_study.py $$study --plot docs/img/cell_study_$$study.png \
+	    | tee benchmarks/results/cell_study_$$study.txt || exit 1; \
 	done
 
 clean:
