@@ -194,7 +194,7 @@ def plot(rows: list[dict[str, Any]], compare: list[str], path: Path, title: str)
     for label, members in lines.items():
         xs = [float(r[x]) if numeric else str(r[x]) for r in members]
         ax.errorbar(xs, [r["test"] for r in members], yerr=[r["test_sd"] or 0.0 for r in members], marker="o",
-                    capsize=3, label=label)
+                    capsize=3, label=label, linestyle="-" if numeric else "none")  # no line between categories
     if numeric:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(x)
