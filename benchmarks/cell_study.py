@@ -88,21 +88,17 @@ STUDIES = {
 }
 
 
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    target = raw
-    *parents, last = key.split(".")
-    for part in parents:
-        target = target.setdefault(part, {})
-    target[last] = value
-
-
 def experiment_file(study: Study, quick: bool) -> dict[str, Any]:
     import yaml
+
+    from raysearch.spec import apply_override
 
     raw = yaml.safe_load((SPACES / study.space).read_text())
     raw["name"] = study.name
     for key, value in {**study.sizes, **study.overrides, **(QUICK | study.quick if quick else {})}.items():
-        set_dotted(raw, key, value)
+        problem = apply_override(raw, key, value)
+        if problem is not None:
+            raise ValueError(f"{study.space}: {problem}")
     return raw
 
 

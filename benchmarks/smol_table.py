@@ -49,14 +49,14 @@ def experiment_file(space: Path, quick: bool) -> dict[str, Any]:
     """The experiment file's contents; --quick shrinks it (every source to the task's limits)."""
     import yaml
 
+    from raysearch.spec import apply_override
+
     raw = yaml.safe_load(space.read_text())
     if quick:
         for key, value in QUICK.items():
-            target = raw
-            *parents, last = key.split(".")
-            for part in parents:
-                target = target.setdefault(part, {})
-            target[last] = value
+            problem = apply_override(raw, key, value)
+            if problem is not None:
+                raise ValueError(f"{space}: {problem}")
         for source in raw["task"]["dataset"]:
             if isinstance(source, dict):
                 source.pop("max_train_examples", None)

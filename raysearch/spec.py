@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 
-def _apply_override(data: dict[str, Any], key: str, value: Any) -> Problem | None:
+def apply_override(data: dict[str, Any], key: str, value: Any) -> Problem | None:
+    """Set the dotted `key` (e.g. search.space.lr) of a raw experiment dict to `value`, making the
+    sections on the way; a Problem when the key is malformed or passes through a non-mapping."""
     parts = key.split(".")
     if not all(parts):
         return Problem("--set", key, "key must be a dotted path like search.num_trials")
@@ -62,12 +64,12 @@ def _apply_overrides(data: dict[str, Any], overrides: Sequence[str], options: di
         except yaml.YAMLError as error:
             problems.append(Problem("--set", override, f"value is not valid YAML: {error}"))
             continue
-        problem = _apply_override(data, key.strip(), value)
+        problem = apply_override(data, key.strip(), value)
         if problem:
             problems.append(problem)
     for key, value in options.items():  # CLI options: raw values, validated like the file
         if value is not None:
-            problem = _apply_override(data, key, value)
+            problem = apply_override(data, key, value)
             if problem:
                 problems.append(problem)
     return problems

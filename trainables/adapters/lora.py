@@ -30,9 +30,9 @@ TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 # export converts the adapter back to one for the original base: `LoRA.converted`)
 INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "eva": "eva"}
 CHANGES_BASE = ("pissa", "olora")
-# EVA (Paischer et al., 2024) starts A from the top right-singular vectors of each layer's
-# inputs, an incremental SVD over training batches that stops once they converge; it cycles
-# through this many batches (they repeat if it needs more).
+# EVA (Paischer et al., 2024) starts A from the leading principal directions of each layer's
+# (centred) inputs, an incremental PCA over training batches that stops once they converge; it
+# cycles through this many batches (they repeat if it needs more).
 EVA_BATCHES = 8
 PEFT_PREFIX = "base_model.model."
 
