@@ -263,7 +263,7 @@ def cell_table(rows: list[dict], by: list[str], objective: str, sense: str) -> l
     Each row: the cell's values, `trials` (finished trials in the cell), `best` (mean), `spread`
     (sample standard deviation over seeds; None with one), `seeds`, `config` (the winning
     configuration's other params, e.g. its tuned lr) and `trial_ids` (its trials, one a seed)."""
-    by_cell: dict[tuple, dict[tuple, list[tuple[dict, float]]]] = defaultdict(lambda: defaultdict(list))
+    by_cell: dict[tuple, dict[tuple, list[tuple[str, float]]]] = defaultdict(lambda: defaultdict(list))
     counts: dict[tuple, int] = defaultdict(int)
     for row in rows:
         params = row["params"]
@@ -271,7 +271,7 @@ def cell_table(rows: list[dict], by: list[str], objective: str, sense: str) -> l
             continue
         cell = tuple(params[name] for name in by)
         rest = tuple(sorted((k, v) for k, v in params.items() if k not in by and k not in NOT_CONFIGURATION))
-        by_cell[cell][rest].append(({**params, "_trial_id": row["trial_id"]}, float(row[objective])))
+        by_cell[cell][rest].append((row["trial_id"], float(row[objective])))
         counts[cell] += 1
     table = []
     for cell, configs in by_cell.items():
@@ -280,7 +280,7 @@ def cell_table(rows: list[dict], by: list[str], objective: str, sense: str) -> l
             values = [v for _, v in members]
             mean = sum(values) / len(values)
             spread = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None)
-            scored.append((mean, spread, len(values), dict(rest), [p["_trial_id"] for p, _ in members]))
+            scored.append((mean, spread, len(values), dict(rest), [trial for trial, _ in members]))
         mean, spread, n, config, ids = (max if sense == "max" else min)(scored, key=lambda s: s[0])
         table.append({**dict(zip(by, cell)), "trials": counts[cell], "best": mean, "spread": spread, "seeds": n,
                       "config": config, "trial_ids": ids})
