@@ -342,7 +342,7 @@ def evaluate(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An exported adapter folder (with --space)"),
     space: Optional[Path] = typer.Option(None, "--space", help="The experiment file of --adapter or --base"),
     data: Optional[Path] = typer.Option(None, "--data", help="Score these records instead of the test split"),
-    scoring: Optional[str] = typer.Option(None, "--scoring", help="causal_lm: generate | loglik (default: the task's)"),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="causal_lm: generate | loglik | options (default: the task's)"),
     max_examples: Optional[int] = typer.Option(None, "--max-examples", help="At most this many records per source"),
     mlflow_uri: str = typer.Option("sqlite:///mlflow.db", "--mlflow-uri"),
 ) -> None:
@@ -356,8 +356,8 @@ def evaluate(
     if name is None and (space is None or (adapter is None) == (not base) or best or trial is not None):
         fail("evaluate: give a search name with --best, --trial ID or --base; or --space FILE with "
              "--adapter DIR (an exported adapter) or --base.")
-    if scoring is not None and scoring not in ("generate", "loglik"):
-        fail(f"evaluate: --scoring {scoring!r}: allowed: generate, loglik.")
+    if scoring is not None and scoring not in ("generate", "loglik", "options"):
+        fail(f"evaluate: --scoring {scoring!r}: allowed: generate, loglik, options.")
     if max_examples is not None and max_examples <= 0:
         fail(f"evaluate: --max-examples {max_examples}: must be a positive number.")
     for option, path in (("--data", data), ("--space", space)):

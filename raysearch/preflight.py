@@ -78,6 +78,8 @@ def dataset_problems(spec: Spec) -> list[Problem]:
             problems.append(Problem(where, source, "no such file or folder. Give an existing .csv/.tsv/.json/.jsonl/"
                                     ".parquet file or a folder with train.* (and validation.*/dev.*), hf:<id>, "
                                     "or builtin:demo"))
+    if not problems and spec.task.type == "causal_lm" and spec.task.scoring == "options":
+        problems.extend(choice_file_problems(spec))
     source = spec.task.dataset
     if problems or spec.task.type != "classification" or not is_local_source(source):
         return problems
@@ -92,6 +94,30 @@ def dataset_problems(spec: Spec) -> list[Problem]:
             if name not in columns:
                 problems.append(Problem(field, name, f"no column {name!r} in {file}; its columns: "
                                         f"{', '.join(columns)}. Set {field} to one of them."))
+    return problems
+
+
+def choice_file_problems(spec: Spec) -> list[Problem]:
+    """`scoring: options` reads every multiple-choice record's options: a local JSON/JSONL source
+    with a record whose options or gold answer cannot be read is refused, naming the record."""
+    from trainables.contract import choice_problems
+
+    problems = []
+    items = spec.task.dataset if isinstance(spec.task.dataset, list) else [spec.task.dataset]
+    for (where, source), item in zip(dataset_paths(spec.task), items):
+        if getattr(item, "instruction", None) or not is_local_source(source):
+            continue  # a labelled table through templates: its options are the template's answer format
+        for file in split_files(Path(source).expanduser()):
+            if file.suffix.lower() not in (".json", ".jsonl"):
+                continue
+            try:
+                found = choice_problems(str(file))
+            except (OSError, ValueError) as error:
+                found = [f"cannot be read as JSON records ({error})"]
+            problems.extend(Problem(where, str(file), f"{message}. With task.scoring: options every record that "
+                                    "offers options (AnswerN:/SolutionN:/EndingN:/OptionN:, an 'Answer format:' "
+                                    "line, or `choices`) needs them readable and an `answer` naming one of them.")
+                            for message in found)
     return problems
 
 

@@ -19,7 +19,8 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
 CAUSAL_LM_METRICS = ("answer_accuracy",)
 _METRICS_HELP = "must be one of 'accuracy', 'f1' or 'matthews' (classification) or 'answer_accuracy' (causal_lm)"
 # Fields that only one task type reads: set for the other type they are an error.
-CAUSAL_LM_ONLY = ("prompt_template", "answer_pattern", "max_new_tokens", "max_generation_examples", "scoring")
+CAUSAL_LM_ONLY = ("prompt_template", "answer_pattern", "max_new_tokens", "max_generation_examples", "scoring",
+                  "train_on")
 CLASSIFICATION_ONLY = ("text_fields", "label_field")
 
 
@@ -105,11 +106,18 @@ class TaskSpec(_Model):
     max_generation_examples: int | None = Field(128, gt=0)
     """causal_lm: validation records answered at each evaluation (None: all); answering costs
     far more than the loss, this keeps evaluation a small part of a trial."""
-    scoring: Literal["generate", "loglik"] = "generate"
+    scoring: Literal["generate", "loglik", "options"] = "generate"
     """causal_lm: how an answer is chosen: `generate` (greedy generation, the answer read by
-    `answer_pattern`) or `loglik` (the candidate answer whose response has the highest
-    log-likelihood, as lm-evaluation-harness scores multiple choice; candidates from the
-    instruction's "Answer format: a/b/c" line, else every gold answer of the record's source)."""
+    `answer_pattern`), `loglik` (the candidate label, e.g. "answer2", whose response has the
+    highest log-likelihood; candidates from the instruction's "Answer format: a/b/c" line, else
+    every gold answer of the record's source) or `options` (lm-evaluation-harness's multiple
+    choice: the option *text* likeliest after "Question: ...\nAnswer:", acc or acc_norm per
+    source; records that offer no options are answered by generation)."""
+    train_on: Literal["label", "option_text"] = "label"
+    """causal_lm: what a multiple-choice record is trained to write: `label` (the record's own
+    output after the prompt template, e.g. LLM-Adapters' "the correct answer is answer2") or
+    `option_text` (the gold option's text after "Question: ...\nAnswer:", what `scoring:
+    options` reads; needs that scoring)."""
     target: Literal["attention", "attention_mlp", "all_linear"] = "attention"
     """Layers adapted when adapter.target_modules is unset: the attention projections, or
     attention + MLP projections (as the LLaMA seeds do; known per architecture), or every
@@ -156,6 +164,14 @@ class TaskSpec(_Model):
         if self.type == "causal_lm" and "metric" not in self.model_fields_set:
             self.metric = "answer_accuracy"
         return self
+
+    @field_validator("train_on")
+    @classmethod
+    def _check_train_on(cls, value: str, info: Any) -> str:
+        if value == "option_text" and info.data.get("scoring", "generate") != "options":
+            raise ValueError("'option_text' trains what `scoring: options` reads; set task.scoring: options "
+                             "(or train_on: label)")
+        return value
 
 
 class TrainSpec(_Model):

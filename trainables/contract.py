@@ -117,10 +117,28 @@ def check_template(template: str) -> None:
         raise ValueError(f"must contain {{instruction}} (or be one of {', '.join(TEMPLATE_NAMES)})")
 
 
+def choice_problems(path: str, limit: int = 5) -> list[str]:
+    """Why records of the JSON/JSONL instruction file `path` that offer options cannot be read as
+    multiple choice ("record N: ..."; N counts from 1), at most `limit`; [] when all can. Every
+    record is read (json, no model): the LLM-Adapters files take well under a second."""
+    from trainables.choices import ChoiceError, read_choice
+    from trainables.instruction_data import read_json_records
+
+    problems = []
+    for number, record in enumerate(read_json_records(path), start=1):
+        try:
+            read_choice(record)
+        except ChoiceError as error:
+            problems.append(f"record {number}: {error}")
+            if len(problems) >= limit:
+                break
+    return problems
+
+
 __all__ = [
     "ADAPTER_PARAMS", "BUDGET_SETTLED", "BUILTIN_MODELS", "CAUSAL_LM_BUILTINS", "CHECKPOINT_PATH", "COMPLETED",
     "DIVERGED", "DIVERGED_STATUS", "EARLY_STOPPED", "EFFECTIVE_LORAPLUS_RATIO", "ERROR", "EVALUATION", "FINAL",
     "FINISHED", "IN_MEMORY_BUILTINS", "PATTERN_NAMES", "PLACEHOLDERS", "RANK_ALLOCATION", "REPORTED", "RESUMED_FROM_STEP",
     "SCALING_EXPONENT", "SCALING_NAMES", "STEP", "TASK_DIMENSIONS", "TEMPLATE_NAMES", "TRAIN_DIMENSIONS", "VAL_LOSS",
-    "check_pattern", "check_template", "ran_to_the_end", "scaling_exponent", "section_of", "trial_status", "val_metric",
+    "check_pattern", "check_template", "choice_problems", "ran_to_the_end", "scaling_exponent", "section_of", "trial_status", "val_metric",
 ]

@@ -3,12 +3,15 @@
 The records are the experiment's test split (`task.test_fraction` of every source's training
 file, drawn with `task.test_seed` before the validation split, so it is the same split every
 trial left alone) or a file given on the command line. The score is the task's own metric:
-answer accuracy for causal_lm (by `task.scoring`: greedy generation or the likeliest offered
-answer), accuracy / F1 / Matthews for classification, each with a 95% interval (Wilson's for
-a proportion, a bootstrap percentile interval for F1 and Matthews, both scipy's) and, for
-causal_lm, per source beside two baselines that need no model: always giving the source's
-most frequent training answer (majority) and picking uniformly among the offered answers
-(chance).
+answer accuracy for causal_lm (by `task.scoring`: greedy generation, the likeliest offered
+label, or the likeliest option text), accuracy / F1 / Matthews for classification, each with a
+95% interval (Wilson's for a proportion, a bootstrap percentile interval for F1 and Matthews,
+both scipy's) and, for causal_lm, per source beside two baselines that need no model: always
+giving the source's most frequent training answer (majority) and picking uniformly among the
+offered answers (chance). Whatever `task.scoring` is, records that offer options are also
+scored by option text (choices.py), `acc` and `acc_norm` per source, so both readings exist.
+With several sources, "all" is the mean of the sources' accuracies (each source counts the
+same, whatever its size), its interval from the sources' binomial variances.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class Score:
     high: float
     majority: float | None = None
     chance: float | None = None
+    acc: float | None = None  # option-text reading (records that offer options): likeliest option
+    acc_norm: float | None = None  # ... likeliest per character of the option text
+    reading: str = ""  # what `value` is per record: "acc", "acc_norm", "label", "generate" or "mixed"
 
 
 @dataclass
@@ -47,6 +53,7 @@ class Evaluation:
     predictions: list[str | None] = field(default_factory=list)  # per record (causal_lm: the answer given)
     correct: list[bool] = field(default_factory=list)  # per record, for paired comparisons
     sources: list[str] = field(default_factory=list)  # per record
+    option_correct: dict[str, list[bool | None]] = field(default_factory=dict)  # "acc"/"acc_norm" per record (None: no options)
 
 
 
@@ -172,18 +179,54 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
     if not records:
         raise ValueError(f"{_describe(task_cfg, data)}: the answer pattern finds no gold answer in any record; "
                          "records need an `answer` (or one in `output`)")
-    predicted = task.answers(model, records, batch_size)
-    correct = [task.pattern.is_correct(p, r.gold) for p, r in zip(predicted, records)]
+    picks = task.option_picks(model, records, batch_size) if any(r.choice for r in records) else {}
+    option_correct = {
+        "acc": [picks[i][0] == r.choice.gold if i in picks else None for i, r in enumerate(records)],
+        "acc_norm": [picks[i][1] == r.choice.gold if i in picks else None for i, r in enumerate(records)],
+    } if picks else {}
+    if task_cfg.get("scoring", "generate") == "options":
+        correct, _ = task.judge(model, records, batch_size, picks=picks)
+        predicted = [r.choice.options[picks[i][1 if r.choice.metric == "acc_norm" else 0]] if i in picks else None
+                     for i, r in enumerate(records)]
+        readings = [r.choice.metric if r.choice else "generate" for r in records]
+    else:
+        predicted = task.answers(model, records, batch_size)
+        correct = [task.pattern.is_correct(p, r.gold) for p, r in zip(predicted, records)]
+        readings = ["label" if task_cfg.get("scoring") == "loglik" else "generate"] * len(records)
     majority = _majority_answers(train, task) if train is not None else {}
     by_source: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         by_source.setdefault(record.source, []).append(i)
-    per_source = [_accuracy(name, [correct[i] for i in rows], [records[i] for i in rows], majority.get(name), task)
+    per_source = [_accuracy(name, rows, correct, records, majority.get(name), task, option_correct, readings)
                   for name, rows in sorted(by_source.items())]
-    overall = _accuracy("all", correct, records, None, task)
-    overall.majority = _pooled([s.majority for s in per_source], [s.n for s in per_source])
+    if len(per_source) > 1:
+        overall = _mean_of_sources(per_source)
+    else:
+        overall = _accuracy("all", list(range(len(records))), correct, records, None, task, option_correct, readings)
+        overall.majority = per_source[0].majority if per_source else None
     return Evaluation("answer_accuracy", _describe(task_cfg, data), overall, per_source if len(per_source) > 1 else [],
-                      predictions=predicted, correct=correct, sources=[r.source for r in records])
+                      predictions=predicted, correct=correct, sources=[r.source for r in records],
+                      option_correct=option_correct)
+
+
+def _mean_of_sources(per_source: list[Score]) -> Score:
+    """The sources' accuracies averaged, each source weighing the same; 95% normal interval from
+    the sources' binomial variances (var = sum p(1-p)/n over sources / k^2)."""
+    from scipy.stats import norm
+
+    k = len(per_source)
+    value = float(np.mean([s.value for s in per_source]))
+    spread = float(np.sqrt(sum(s.value * (1 - s.value) / max(s.n, 1) for s in per_source)) / k)
+    z = float(norm.ppf(0.5 + CONFIDENCE / 2))
+
+    def mean(name: str) -> float | None:
+        values = [getattr(s, name) for s in per_source]
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    readings = {s.reading for s in per_source}
+    return Score("mean of sources", sum(s.n for s in per_source), value, max(0.0, value - z * spread),
+                 min(1.0, value + z * spread), mean("majority"), mean("chance"), mean("acc"), mean("acc_norm"),
+                 readings.pop() if len(readings) == 1 else "mixed")
 
 
 def _majority_answers(train: Any, task: Any) -> dict[str, str]:
@@ -197,21 +240,22 @@ def _majority_answers(train: Any, task: Any) -> dict[str, str]:
     return {source: counter.most_common(1)[0][0] for source, counter in counts.items()}
 
 
-def _accuracy(source: str, correct: list[bool], records: list[Any], majority_answer: str | None, task: Any) -> Score:
-    n, hits = len(correct), int(sum(correct))
+def _accuracy(source: str, rows: list[int], correct: list[bool], records: list[Any], majority_answer: str | None,
+              task: Any, option_correct: dict[str, list[bool | None]], readings: list[str]) -> Score:
+    n, hits = len(rows), int(sum(correct[i] for i in rows))
     low, high = proportion_interval(hits, n)
     majority = None
     if majority_answer is not None:
-        majority = sum(task.pattern.is_correct(majority_answer, r.gold) for r in records) / max(n, 1)
-    with_options = [len(r.candidates) for r in records if r.candidates]
-    chance = float(np.mean([1.0 / k for k in with_options])) if len(with_options) == n and n else None
-    return Score(source, n, hits / max(n, 1), low, high, majority, chance)
-
-
-def _pooled(values: list[float | None], weights: list[int]) -> float | None:
-    if not values or any(v is None for v in values):
-        return None
-    return float(np.average(values, weights=weights))
+        majority = sum(task.pattern.is_correct(majority_answer, records[i].gold) for i in rows) / max(n, 1)
+    offered = [len(records[i].choice.options) if records[i].choice else len(records[i].candidates) for i in rows]
+    chance = float(np.mean([1.0 / k for k in offered])) if n and all(offered) else None
+    reading = {readings[i] for i in rows}
+    score = Score(source, n, hits / max(n, 1), low, high, majority, chance,
+                  reading=reading.pop() if len(reading) == 1 else "mixed")
+    for name, values in option_correct.items():
+        kept = [values[i] for i in rows if values[i] is not None]
+        setattr(score, name, float(np.mean(kept)) if kept else None)
+    return score
 
 
 def _evaluate_classification(experiment: dict[str, Any], task_cfg: dict[str, Any], adapter_dir: Path | None,

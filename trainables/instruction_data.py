@@ -11,7 +11,8 @@ from datasets import Dataset, DatasetDict
 from trainables.data import TestSplit, limit_split, load_hub, load_local, read_file, subsample
 from trainables.files import source_name
 
-INSTRUCTION_FIELDS = ("instruction", "input", "output", "answer")  # plus `source`, added per source
+INSTRUCTION_FIELDS = ("instruction", "input", "output", "answer", "choices")  # plus `source`, added per source
+# `choices`: a multiple-choice record's options as a JSON list ("" for none); see choices.py.
 
 
 def load_instruction_splits(task: dict[str, Any], seed: int = 0) -> DatasetDict:
@@ -110,6 +111,16 @@ def _read_records(path: Path) -> Dataset:
 
     if path.suffix.lower() not in (".json", ".jsonl"):
         return read_file(path)
+    records = read_json_records(path)
+    # Only the instruction fields: other keys may mix types across records.
+    return Dataset.from_list([{k: r[k] for k in INSTRUCTION_FIELDS if k in r} for r in map(_explicit_choices, records)])
+
+
+def read_json_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a .json file (a list, one object, or JSON lines) or a .jsonl file."""
+    import json
+
+    path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
         records = json.loads(text)
@@ -119,8 +130,26 @@ def _read_records(path: Path) -> Dataset:
         records = [records]
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError(f"{str(path)!r}: expected a JSON list of records (objects) or JSON lines")
-    # Only the instruction fields: other keys may mix types across records.
-    return Dataset.from_list([{k: r[k] for k in INSTRUCTION_FIELDS if k in r} for r in records])
+    return records
+
+
+def _explicit_choices(record: dict[str, Any]) -> dict[str, Any]:
+    """A record with `choices` (harness style: `question`, `choices`, `answer` as the gold text or
+    index) as an instruction record: the question as `instruction`, the gold option as `output`
+    when it has none, the options as one JSON string (every field stays a string)."""
+    choices = record.get("choices")
+    if not isinstance(choices, list):
+        return record
+    import json
+
+    out = {**record, "choices": json.dumps([str(c) for c in choices])}
+    out.setdefault("instruction", record.get("question") or "")
+    answer = record.get("answer")
+    if "output" not in record and answer is not None:
+        index = int(answer) if isinstance(answer, int) or str(answer).strip().isdigit() else None
+        gold = str(answer) if index is None or not 0 <= index < len(choices) else str(choices[index])
+        out["output"] = gold
+    return out
 
 
 def _instruction_columns(split: Dataset, source: str, split_name: str) -> Dataset:

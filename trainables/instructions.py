@@ -16,6 +16,11 @@ is `task.prompt_template`:
 The training sequence is prompt tokens + response tokens + EOS, right-padded to
 `max_length`; labels are -100 on the prompt and the padding, so the loss is on
 the response (and its EOS) only.
+
+`task.train_on` says what a multiple-choice record (choices.py) is trained to write:
+`label`, the record as written (the LLM-Adapters "the correct answer is answer2" after the
+prompt template), or `option_text`, the gold option's text after the harness context
+"Question: ...\nAnswer:" (no template): the continuation option-text scoring reads.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import Any, Iterable
 
 import torch
 
+from trainables.choices import Choice, ChoiceError, read_choice, split_pair
 from trainables.contract import check_template
 
 IGNORE_INDEX = -100  # labels the loss skips (PyTorch's cross-entropy default)
@@ -108,14 +114,29 @@ class EncodedSplit:
     dropped: int  # records whose prompt alone filled max_length
     sources: list[str] = field(default_factory=list)  # the records' `source` ("" when absent)
     options: list[list[str]] = field(default_factory=list)  # answers the instruction offers ([] when it names none)
+    choices: list[Choice | None] = field(default_factory=list)  # the multiple-choice item (None: a free answer)
 
 
-def encode_records(records: Iterable[dict[str, Any]], template: str, tokenizer: Any, max_length: int) -> EncodedSplit:
+TRAIN_ON = ("label", "option_text")
+
+
+def encode_records(records: Iterable[dict[str, Any]], template: str, tokenizer: Any, max_length: int,
+                   train_on: str = "label") -> EncodedSplit:
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"train_on {train_on!r}: allowed: {', '.join(TRAIN_ON)}")
     rows: list[dict[str, list[int]]] = []
     split = EncodedSplit({}, [], [], [], 0)
-    for record in records:
-        prompt = prompt_ids(record, template, tokenizer)
-        row = fixed_length(prompt, response_ids(record, tokenizer), tokenizer.pad_token_id, max_length)
+    for number, record in enumerate(records, start=1):
+        try:
+            choice = read_choice(record)
+        except ChoiceError as error:
+            raise ValueError(f"source {record.get('source') or '?'}, record {number}: {error}") from None
+        if train_on == "option_text" and choice is not None:
+            prompt, response = split_pair(tokenizer, choice.context, choice.continuation(choice.gold))
+            response = response + [tokenizer.eos_token_id]
+        else:
+            prompt, response = prompt_ids(record, template, tokenizer), response_ids(record, tokenizer)
+        row = fixed_length(prompt, response, tokenizer.pad_token_id, max_length)
         if row is None:
             split.dropped += 1
             continue
@@ -125,6 +146,7 @@ def encode_records(records: Iterable[dict[str, Any]], template: str, tokenizer: 
         split.outputs.append(str(record["output"]))
         split.sources.append(str(record.get("source") or ""))
         split.options.append(offered_answers(record))
+        split.choices.append(choice)
     if not rows:
         raise ValueError(f"every record's prompt is at least task.max_length={max_length} tokens; raise max_length")
     split.tensors = {key: torch.tensor([row[key] for row in rows], dtype=torch.long) for key in rows[0]}

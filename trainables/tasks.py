@@ -12,15 +12,17 @@
 worker evaluates the whole validation set. `causal_lm`: instruction tuning, loss
 on the response tokens, averaged over the response tokens of the *global* batch
 (so N workers train exactly like one); evaluation splits the validation records
-across workers: token-level `val_loss`, then greedy generation on at most
-`max_generation_examples` records, answers extracted (trainables/answers.py) and
-compared with the gold ones: `val_answer_accuracy`, and `val_answer_parsed`, the
-share of generations in which the pattern found an answer at all.
+across workers: token-level `val_loss`, then on at most `max_generation_examples` records
+the answer by `task.scoring` (greedy generation read by trainables/answers.py, the likeliest
+label, or the likeliest option text as lm-evaluation-harness scores multiple choice,
+trainables/choices.py) compared with the gold one: `val_answer_accuracy`, the mean over the
+sources of each source's accuracy (one source: its accuracy), and `val_answer_parsed`, the
+share of records for which an answer was found at all.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ContextManager
 
 import numpy as np
@@ -31,6 +33,7 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from torch import nn
 
 from trainables.answers import AnswerPattern, answer_pattern
+from trainables.choices import Choice, decide, split_pair
 from trainables.data import load_splits, num_labels, tokenize_splits
 from trainables.instruction_data import load_instruction_splits
 from trainables.instructions import IGNORE_INDEX, EncodedSplit, encode_records, fixed_length, left_padded
@@ -125,6 +128,8 @@ class AnswerRecord:
     output: str  # the gold response; a candidate's response is it with the gold answer swapped
     candidates: list[str]
     source: str
+    choice: Choice | None = None  # its multiple-choice item, when it offers options
+    option_pairs: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (context, continuation) ids
 
 
 class CausalLMTask(_Task):
@@ -147,7 +152,8 @@ class CausalLMTask(_Task):
         return model, train.tensors, val.tensors
 
     def encode(self, records: Any) -> EncodedSplit:
-        return encode_records(records, self.cfg.get("prompt_template", "alpaca"), self.tokenizer, self.cfg["max_length"])
+        return encode_records(records, self.cfg.get("prompt_template", "alpaca"), self.tokenizer, self.cfg["max_length"],
+                              train_on=self.cfg.get("train_on", "label"))
 
     def to_answer_records(self, split: EncodedSplit, limit: int | None = None) -> list[AnswerRecord]:
         """The first `limit` records of `split` that have a gold answer (in `answer`, or found in `output`)."""
@@ -157,7 +163,10 @@ class CausalLMTask(_Task):
                 continue
             source = split.sources[i] if split.sources else ""
             candidates = split.options[i] if split.options and split.options[i] else self.source_answers.get(source, [])
-            records.append(AnswerRecord(split.prompts[i], gold, split.outputs[i], list(candidates), source))
+            choice = split.choices[i] if split.choices else None
+            pairs = [split_pair(self.tokenizer, choice.context, choice.continuation(k))
+                     for k in range(len(choice.options))] if choice is not None else []
+            records.append(AnswerRecord(split.prompts[i], gold, split.outputs[i], list(candidates), source, choice, pairs))
             if limit and len(records) >= limit:
                 break
         return records
@@ -183,20 +192,66 @@ class CausalLMTask(_Task):
             batch_loss, batch_tokens = response_loss(logits, labels)
             loss_sum, tokens = loss_sum + batch_loss.item(), tokens + batch_tokens
         mine_records = self.answer_records[rank::world]
-        predicted = self.answers(model, mine_records, batch_size)
-        correct = sum(self.pattern.is_correct(p, r.gold) for p, r in zip(predicted, mine_records))
-        parsed = sum(p is not None for p in predicted)
-        totals = sum_across_workers([loss_sum, tokens, correct, parsed], self.device).tolist()
+        correct, parsed = self.judge(model, mine_records, batch_size)
+        names = sorted({r.source for r in self.answer_records})
+        per_source = [0.0] * (2 * len(names))
+        for record, hit in zip(mine_records, correct):
+            per_source[2 * names.index(record.source)] += float(hit)
+            per_source[2 * names.index(record.source) + 1] += 1.0
+        totals = sum_across_workers([loss_sum, tokens, sum(parsed), *per_source], self.device).tolist()
         n = len(self.answer_records)
-        return {"val_loss": totals[0] / max(totals[1], 1.0), "val_answer_accuracy": totals[2] / n,
-                "val_answer_parsed": totals[3] / n}
+        accuracies = [totals[3 + 2 * k] / totals[4 + 2 * k] for k in range(len(names)) if totals[4 + 2 * k]]
+        return {"val_loss": totals[0] / max(totals[1], 1.0), "val_answer_accuracy": float(np.mean(accuracies)),
+                "val_answer_parsed": totals[2] / n}
+
+    def judge(self, model: nn.Module, records: list[AnswerRecord], batch_size: int,
+              picks: dict[int, tuple[int, int]] | None = None) -> tuple[list[bool], list[bool]]:
+        """(correct, an answer was found) per record, by `task.scoring`. `options`: records with a
+        multiple-choice item by the option text (acc or acc_norm, as choices.py says per record;
+        `picks` when option_picks already ran), the others by generation."""
+        if self.cfg.get("scoring", "generate") != "options":
+            predicted = self.answers(model, records, batch_size)
+            return [self.pattern.is_correct(p, r.gold) for p, r in zip(predicted, records)], [p is not None for p in predicted]
+        correct, parsed = [False] * len(records), [True] * len(records)
+        picks = self.option_picks(model, records, batch_size) if picks is None else picks
+        free = [i for i, r in enumerate(records) if r.choice is None]
+        for i, (raw, normed) in picks.items():
+            choice = records[i].choice
+            correct[i] = (normed if choice.metric == "acc_norm" else raw) == choice.gold
+        if free:
+            predicted = self.answers(model, [records[i] for i in free], batch_size, scoring="generate")
+            for i, p in zip(free, predicted):
+                correct[i], parsed[i] = self.pattern.is_correct(p, records[i].gold), p is not None
+        return correct, parsed
+
+    def option_picks(self, model: nn.Module, records: list[AnswerRecord], batch_size: int) -> dict[int, tuple[int, int]]:
+        """For each record with a multiple-choice item: (acc's pick, acc_norm's pick)."""
+        scores = self.option_scores(model, records, batch_size)
+        return {i: decide(values, records[i].choice.options) for i, values in scores.items()}
 
     @torch.no_grad()
-    def answers(self, model: nn.Module, records: list[AnswerRecord], batch_size: int) -> list[str | None]:
-        """Each record's answer (normalised by the pattern; None when none was found), by
-        `task.scoring`: greedy generation, or the most likely candidate."""
+    def option_scores(self, model: nn.Module, records: list[AnswerRecord], batch_size: int) -> dict[int, list[float]]:
+        """For each record with a multiple-choice item, every option's summed continuation
+        log-likelihood after the context: one sequence per option, batched across records by
+        length so that little of a batch is padding."""
         model.eval()
-        if self.cfg.get("scoring", "generate") == "loglik":
+        jobs = [(i, k) for i, r in enumerate(records) if r.choice is not None for k in range(len(r.option_pairs))]
+        jobs.sort(key=lambda job: sum(map(len, records[job[0]].option_pairs[job[1]])))
+        scores: dict[int, list[float]] = {i: [0.0] * len(r.option_pairs) for i, r in enumerate(records) if r.choice}
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            values = self.response_logprobs(model, [records[i].option_pairs[k] for i, k in chunk])
+            for (i, k), value in zip(chunk, values):
+                scores[i][k] = value
+        return scores
+
+    @torch.no_grad()
+    def answers(self, model: nn.Module, records: list[AnswerRecord], batch_size: int,
+                scoring: str | None = None) -> list[str | None]:
+        """Each record's answer (normalised by the pattern; None when none was found), by
+        `scoring` (default `task.scoring`): greedy generation, or the most likely candidate label."""
+        model.eval()
+        if (scoring or self.cfg.get("scoring", "generate")) == "loglik":
             return [self.pattern.normalize(a) if a is not None else None
                     for a in self.most_likely(model, records, batch_size)]
         predicted: list[str | None] = []

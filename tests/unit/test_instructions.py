@@ -163,7 +163,7 @@ def test_response_loss_is_the_models_own_loss_on_those_labels(model_and_tokenize
 def test_boolq_file_loads_as_string_records_with_limits():
     splits = load_instruction_splits({"dataset": str(BOOLQ), "max_train_examples": 50, "max_eval_examples": 10}, seed=0)
     assert (len(splits["train"]), len(splits["validation"])) == (50, 10)
-    assert splits["train"].column_names == ["instruction", "input", "output", "answer", "source"]
+    assert splits["train"].column_names == ["instruction", "input", "output", "answer", "choices", "source"]
     assert set(splits["train"]["source"]) == {"boolq"}
     assert set(splits["train"]["answer"]) <= {"true", "false"}  # strings, not booleans
     assert set(splits["train"]["instruction"]).isdisjoint(splits["validation"]["instruction"])
@@ -364,7 +364,8 @@ def test_a_labelled_table_becomes_instruction_records(tmp_path):
     number = int(record["instruction"].split("number ")[1].split("\n")[0])
     expected = ["negative", "positive"][number % 2]
     assert record == {"instruction": f"Review: review number {number}\n\nAnswer format: positive/negative",
-                      "input": "", "output": f"the correct answer is {expected}", "answer": expected, "source": "sst"}
+                      "input": "", "output": f"the correct answer is {expected}", "answer": expected, "choices": "",
+                      "source": "sst"}
 
 
 def test_sources_are_limited_and_split_one_by_one(tmp_path):
