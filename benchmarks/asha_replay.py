@@ -69,8 +69,7 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
         if not (stopped or last):
             heapq.heappush(events, (now + durations[trial][index + 1], trial, index + 1))
             continue
-        if not stopped:
-            scheduler.on_trial_complete(None, handles[trial], result)
+        scheduler.on_trial_complete(None, handles[trial], result)  # as Tune does, after a STOP too
         trial_steps += int(result.get("step", 0))
         if ran_to_the_end(result):
             finals.append(result["val_accuracy"])

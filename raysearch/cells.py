@@ -120,6 +120,6 @@ class CellScheduler(FIFOScheduler):
         return f"early stopping in {len(self.schedulers)} cells of {', '.join(self.compare)}"
 
 
-def state_name(cell: str) -> str:
-    """The file a cell's MOASHA keeps its rungs in (beside the search's other records)."""
-    return f"moasha-{hashlib.sha1(cell.encode()).hexdigest()[:10]}.json"
+def state_name(cell: str, scheduler: str = "moasha") -> str:
+    """The file a cell's MOASHA (or ASHA) keeps its rungs in (beside the search's other records)."""
+    return f"{scheduler}-{hashlib.sha1(cell.encode()).hexdigest()[:10]}.json"

@@ -14,19 +14,26 @@ Tune scheduler, through Tune's public `FIFOScheduler` hooks:
   ordered by Pareto rank (`moocore.pareto_rank`), then inside a front by crowding distance
   (NSGA-II's diversity rule: the ends of a front and the points in its sparse parts first),
   then by the first metric; the trial continues when it is among the first ⌈n/η⌉ of the n
-  recorded;
+  recorded, or when the rung holds fewer than `min_rung_size` (default ⌊η⌋ + 1) and no
+  vector there dominates it: where ⌈n/η⌉ keeps one trial, the first metric alone would
+  otherwise stop a non-dominated one;
 - asynchronous like ASHA: a trial is judged against whoever has reached the rung so far,
   no one waits for a full rung;
+- one decision per trial per rung: a trial recorded at a rung is never recorded at a lower
+  one, and a stopped trial stays stopped with nothing more recorded (Tune calls
+  `on_trial_complete` with the stopped result);
 - a trial whose result says `budget_settled: false` (AdaLoRA, SaLoRA, ALoRA and SoRA while
   their rank schedule still shrinks the adapter) is not judged: its rank there would compare
   a half-pruned adapter; it is judged at the highest rung it has reached once its budget
-  has settled (trainables/adapters/base.py `budget_settles_at`);
+  has settled (trainables/adapters/base.py `budget_settles_at`), and the rungs it passed
+  before are skipped;
 - the experiment file's own configuration (`search.start_with_defaults`, the first trial) is
   recorded at each rung but never stopped: a search always holds that configuration trained
   to the end, so its best trial is never one a cut default would have beaten;
-- Tune neither saves nor restores a scheduler's state with its experiment, so the rungs are
-  written to `state_file` (atomically) after each decision and read back after a resume:
-  trials restored by `raysearch resume` are judged against the same rungs.
+- Tune neither saves nor restores a scheduler's state with its experiment, so the rungs (and
+  the stopped trials) are written to `state_file` (atomically) after each decision and read
+  back after a resume: trials restored by `raysearch resume` are judged against the same
+  rungs. `DefaultKeepingASHA`, raysearch's single-objective ASHA, does the same.
 """
 from __future__ import annotations
 
@@ -69,6 +76,12 @@ def crowding_distance(points: np.ndarray) -> np.ndarray:
     return distance
 
 
+def pareto_fronts(recorded: Mapping[str, list[float]], senses: list[str]) -> np.ndarray:
+    """The Pareto rank (0: non-dominated) of each vector, in `recorded`'s order."""
+    points = np.array(list(recorded.values()), dtype=float)
+    return moocore.pareto_rank(points, maximise=[sense == "max" for sense in senses])
+
+
 def rank_order(recorded: Mapping[str, list[float]], senses: list[str]) -> list[str]:
     """Trial ids at one rung, best first: Pareto rank; within a front, crowding distance
     (larger first); among equals (a front's ends, every point of a front of two), the better
@@ -77,7 +90,7 @@ def rank_order(recorded: Mapping[str, list[float]], senses: list[str]) -> list[s
     if not ids:
         return []
     points = np.array([recorded[i] for i in ids], dtype=float)
-    fronts = moocore.pareto_rank(points, maximise=[sense == "max" for sense in senses])
+    fronts = pareto_fronts(recorded, senses)
     crowding = np.zeros(len(ids))
     for front in np.unique(fronts):
         members = np.flatnonzero(fronts == front)
@@ -87,10 +100,14 @@ def rank_order(recorded: Mapping[str, list[float]], senses: list[str]) -> list[s
     return [ids[i] for i in order]
 
 
-def promoted(recorded: Mapping[str, list[float]], senses: list[str], trial_id: str, reduction_factor: float) -> bool:
-    """Whether `trial_id` is among the top ⌈n/η⌉ of the n vectors recorded at its rung."""
+def promoted(recorded: Mapping[str, list[float]], senses: list[str], trial_id: str, reduction_factor: float,
+             min_rung_size: int = 1) -> bool:
+    """Whether `trial_id` goes on: it is among the top ⌈n/η⌉ of the n vectors recorded at its
+    rung, or the rung holds fewer than `min_rung_size` vectors and it is non-dominated there."""
     keep = math.ceil(len(recorded) / reduction_factor)
-    return trial_id in rank_order(recorded, senses)[:keep]
+    if trial_id in rank_order(recorded, senses)[:keep]:
+        return True
+    return len(recorded) < min_rung_size and pareto_fronts(recorded, senses)[list(recorded).index(trial_id)] == 0
 
 
 class MultiObjectiveASHA(FIFOScheduler):
@@ -98,21 +115,26 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def __init__(self, metrics: Mapping[str, str], time_attr: str = EVALUATION, grace_period: int = 1,
                  reduction_factor: float = 3, max_t: int = 10_000, state_file: tuple[str, str] | None = None,
-                 protected: Mapping[str, Any] | None = None) -> None:
+                 protected: Mapping[str, Any] | None = None, min_rung_size: int | None = None) -> None:
         if not metrics or any(sense not in ("max", "min") for sense in metrics.values()):
             raise ValueError(f"metrics must map names to 'max' or 'min', got {dict(metrics)}")
         if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
             raise ValueError("need grace_period >= 1, reduction_factor > 1 and max_t >= grace_period")
+        if min_rung_size is not None and min_rung_size < 1:
+            raise ValueError(f"min_rung_size must be >= 1, got {min_rung_size}")
         super().__init__()
         self.metrics = dict(metrics)
         self.time_attr = time_attr
         self.reduction_factor = reduction_factor
+        # None: the rungs where ⌈n/η⌉ would keep a single trial (n <= η)
+        self.min_rung_size = min_rung_size if min_rung_size is not None else math.floor(reduction_factor) + 1
         count = int(math.log(max_t / grace_period) / math.log(reduction_factor)) + 1
         self.milestones = [grace_period * reduction_factor ** k for k in range(count)]
         self.state_file = state_file  # (folder location, file name); None: kept in memory only
         self.protected = dict(protected) if protected else None  # the file's own configuration
         self._rungs: dict[float, dict[str, list[float]]] | None = None  # loaded lazily (after a restore)
         self.stopped = 0
+        self.stopped_trials: set[str] = set()
 
     # Tune pickles the scheduler into tuner.pkl when the Tuner is built (before any result) and
     # never saves it again; the rungs live in state_file instead.
@@ -132,9 +154,11 @@ class MultiObjectiveASHA(FIFOScheduler):
         saved = {float(m): dict(recorded) for m, recorded in state["rungs"].items()}
         self._rungs = {m: saved.get(float(m), {}) for m in self.milestones}
         self.stopped = state.get("stopped", 0)
+        self.stopped_trials = set(state.get("stopped_trials", []))
 
     def _state(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "reduction_factor": self.reduction_factor, "stopped": self.stopped,
+                "stopped_trials": sorted(self.stopped_trials),
                 "rungs": {str(m): recorded for m, recorded in self.rungs.items()}}
 
     def save(self, checkpoint_path: str) -> None:
@@ -157,29 +181,37 @@ class MultiObjectiveASHA(FIFOScheduler):
         return [float(v) for v in values]
 
     def decide(self, trial_id: str, result: Mapping[str, Any], protected: bool = False) -> str:
-        """Record the trial at the highest rung it has reached and not been judged at, and say
-        whether it goes on. Results without a finite value of every metric, or with an
-        unsettled budget, are not judged."""
+        """One decision per trial per rung: record the trial at the highest rung it has reached,
+        unless it is recorded there already (then it goes on: decided), and say whether it goes
+        on. A trial is never recorded at a rung below one it is recorded at (it skipped it while
+        its budget settled), and a stopped trial stays stopped, with nothing recorded. Results
+        without a finite value of every metric, or with an unsettled budget, are not judged."""
+        rungs = self.rungs
+        if trial_id in self.stopped_trials:
+            return TrialScheduler.STOP
         now, vector = result.get(self.time_attr), self._vector(result)
         if now is None or vector is None or result.get(BUDGET_SETTLED) is False:
             return TrialScheduler.CONTINUE
-        for milestone in sorted(self.rungs, reverse=True):
-            recorded = self.rungs[milestone]
-            if now < milestone or trial_id in recorded:
-                continue
-            recorded[trial_id] = vector
-            # its last evaluation is recorded for the trials after it, but there is nothing to stop
-            go_on = protected or bool(result.get(FINAL)) or promoted(recorded, list(self.metrics.values()), trial_id,
-                                                           self.reduction_factor)
-            self.stopped += not go_on
-            self._persist()
-            return TrialScheduler.CONTINUE if go_on else TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
+        reached = [m for m in rungs if m <= now]
+        held = [m for m, recorded in rungs.items() if trial_id in recorded]
+        if not reached or (held and max(held) >= max(reached)):  # decided there (a restart can go back)
+            return TrialScheduler.CONTINUE
+        recorded = rungs[max(reached)]
+        recorded[trial_id] = vector
+        # its last evaluation is recorded for the trials after it, but there is nothing to stop
+        go_on = protected or bool(result.get(FINAL)) or promoted(recorded, list(self.metrics.values()), trial_id,
+                                                                 self.reduction_factor, self.min_rung_size)
+        if not go_on:
+            self.stopped += 1
+            self.stopped_trials.add(trial_id)
+        self._persist()
+        return TrialScheduler.CONTINUE if go_on else TrialScheduler.STOP
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         return self.decide(trial.trial_id, result, runs_to_the_end(trial, self.protected))
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        # Tune calls this after a STOP too, with the stopped result: decide records nothing then
         if result:
             self.decide(trial.trial_id, result, runs_to_the_end(trial, self.protected))
 
@@ -190,12 +222,59 @@ class MultiObjectiveASHA(FIFOScheduler):
 
 class DefaultKeepingASHA(ASHAScheduler):
     """Tune's ASHA, except that the experiment file's own configuration (`protected`) is
-    recorded at each rung but never stopped (see `runs_to_the_end`)."""
+    recorded at each rung but never stopped (see `runs_to_the_end`), and that, like MOASHA's,
+    its rungs are written to `state_file` (atomically) whenever they change and read back
+    after a resume (Tune pickles a scheduler once, before any result, and never restores its
+    state)."""
 
-    def __init__(self, *args: Any, protected: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, protected: Mapping[str, Any] | None = None,
+                 state_file: tuple[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.protected = dict(protected) if protected else None
+        self.state_file = state_file  # (folder location, file name); None: kept in memory only
+        self._loaded = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loaded": False}
+
+    def _load(self) -> None:
+        """The rungs in state_file, once per driver (before the first hook that reads them)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        text = storage.read_text(*self.state_file) if self.state_file else None
+        if not text:
+            return
+        state = json.loads(text)
+        for bracket, rungs in zip(self._brackets, state["brackets"]):
+            saved = {float(m): dict(recorded) for m, recorded in rungs}
+            bracket._rungs = [(m, saved.get(float(m), {})) for m, _ in bracket._rungs]
+        self._num_stopped = state.get("stopped", 0)
+
+    def _size(self) -> tuple[int, int]:
+        return self._num_stopped, sum(len(recorded) for b in self._brackets for _, recorded in b._rungs)
+
+    def _persist(self, before: tuple[int, int]) -> None:
+        if self.state_file and self._size() != before:
+            brackets = [[[m, {t: float(v) for t, v in recorded.items()}] for m, recorded in b._rungs]
+                        for b in self._brackets]
+            storage.replace_text(*self.state_file, json.dumps({"stopped": self._num_stopped, "brackets": brackets}))
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._load()
+        super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        self._load()
+        before = self._size()
         action = super().on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.CONTINUE if runs_to_the_end(trial, self.protected) else action
+        if action == TrialScheduler.STOP and runs_to_the_end(trial, self.protected):
+            action, self._num_stopped = TrialScheduler.CONTINUE, self._num_stopped - 1
+        self._persist(before)
+        return action
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        self._load()
+        before = self._size()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._persist(before)

@@ -256,6 +256,12 @@ class EarlyStoppingSpec(_Model):
     """ASHA and MOASHA keep 1/reduction_factor of the trials at each rung (2: a trial must be in
     the better half of those that reached its rung; 3 stops more, and lost more of the front
     and of the best trial in docs/benchmarks.md §3)."""
+    min_rung_size: int | None = Field(None, ge=1)
+    """MOASHA: while a rung holds fewer trials than this, a trial that is non-dominated among
+    them goes on (only dominated ones stop); from this many on, the better ⌈n/reduction_factor⌉
+    by Pareto rank and crowding. None: ⌊reduction_factor⌋ + 1 (3 at 2), the rungs where
+    ⌈n/reduction_factor⌉ would keep one trial and the first metric alone would choose it; 1: no
+    such guard."""
 
 
 def rung_metrics(objectives: dict[str, str], stopping: EarlyStoppingSpec) -> dict[str, str]:

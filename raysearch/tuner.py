@@ -151,34 +151,33 @@ def build_searcher(spec: Spec, storage_dir: str, concurrency: int) -> Concurrenc
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 
 
-MOASHA_STATE = "moasha.json"  # in the search's folder: the rungs, read back by a resumed search
-
-
 def build_scheduler(spec: Spec, storage_dir: str | None = None) -> DefaultKeepingASHA | MultiObjectiveASHA | FIFOScheduler:
-    """The search's early stopping. `storage_dir`: where MOASHA keeps its rungs (Tune does not
-    save a scheduler with its experiment state); None keeps them in memory. Either scheduler
-    lets the file's own configuration (start_with_defaults) run to the end."""
+    """The search's early stopping. `storage_dir`: where MOASHA and ASHA keep their rungs
+    (`moasha.json`, `asha.json`: Tune does not save a scheduler with its experiment state);
+    None keeps them in memory. Either scheduler lets the file's own configuration
+    (start_with_defaults) run to the end."""
     stopping = spec.search.early_stopping
     if stopping.scheduler == "none":
         return FIFOScheduler()
     if spec.search.compare:  # one scheduler per cell: no trial is judged against another cell's
-        return CellScheduler(spec.search.compare, lambda cell: one_scheduler(spec, storage_dir, state_name(cell)))
-    return one_scheduler(spec, storage_dir, MOASHA_STATE)
+        return CellScheduler(spec.search.compare,
+                             lambda cell: one_scheduler(spec, storage_dir, state_name(cell, stopping.scheduler)))
+    return one_scheduler(spec, storage_dir, f"{stopping.scheduler}.json")
 
 
 def one_scheduler(spec: Spec, storage_dir: str | None, state: str) -> DefaultKeepingASHA | MultiObjectiveASHA:
-    """MOASHA or ASHA over the trials it is told of; MOASHA keeps its rungs in `storage_dir/state`."""
+    """MOASHA or ASHA over the trials it is told of, keeping its rungs in `storage_dir/state`."""
     stopping = spec.search.early_stopping
     # The loop's own evaluation count: a restarted trial continues it, while Tune's
     # training_iteration starts again at 1 when a resumed search restarts the function.
     clock = {"time_attr": EVALUATION, "grace_period": stopping.grace_period,
              "reduction_factor": stopping.reduction_factor, "max_t": 10_000}
-    protected = file_point(spec)
+    kept = {"protected": file_point(spec), "state_file": (str(storage_dir), state) if storage_dir is not None else None}
     if stopping.scheduler == "moasha":
-        return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock, protected=protected,
-                                  state_file=(str(storage_dir), state) if storage_dir is not None else None)
+        return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock, **kept,
+                                  min_rung_size=stopping.min_rung_size)
     return DefaultKeepingASHA(metric=stopping.metric, mode="min" if stopping.metric.endswith("loss") else "max",
-                              protected=protected, **clock)
+                              **clock, **kept)
 
 
 class PruneFinishedCheckpoints(tune.Callback):

@@ -119,10 +119,11 @@ def test_rungs_survive_a_restart_from_the_state_file(tmp_path):
 
     resumed = pickle.loads(pickled)
     assert resumed.rungs[1] == scheduler.rungs[1] and resumed.stopped == 1
-    assert report(resumed, "t2", 1, 0.7, 200) == GO  # already judged there: not again
+    assert report(resumed, "t2", 1, 0.7, 200) == STOP  # stopped before the kill: not judged again
+    assert resumed.stopped == 1
     assert report(resumed, "t4", 1, 0.8, 300) == STOP  # judged against the rungs before the kill
-    fresh = pickle.loads(pickled)  # a search never killed would have decided the same
-    assert report(fresh, "t4", 1, 0.8, 300) == GO
+    forgetful = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)  # what Tune alone restores
+    assert report(forgetful, "t4", 1, 0.8, 300) == GO  # alone at an empty rung
 
 
 def test_tune_save_and_restore_round_trip(tmp_path):
@@ -194,3 +195,178 @@ def test_the_scheduler_is_told_the_files_configuration():
     assert build_scheduler(spec).protected == {"rank": 16, "lr": 5e-4}
     off = spec_from_dict({"search": {"space": space, "start_with_defaults": False}})
     assert build_scheduler(off).protected is None
+
+
+# One decision per trial per rung (issue 27, defect 1): once recorded at a rung, a trial is
+# never recorded at the lower rungs it skipped, and nothing is recorded for it after a STOP.
+
+
+def test_a_settled_trial_is_never_judged_at_the_lower_rungs_it_skipped():
+    """The budget-settling scenario above, carried past the evaluation where it broke: recorded
+    at rung 4 once settled, the trial was then recorded at rung 2 (evaluation 6) and rung 1
+    (evaluation 7), each time with a later, better-trained vector."""
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    for evaluation, loss in ((1, 0.5), (2, 0.4), (4, 0.3)):
+        report(scheduler, "lora", evaluation, loss, 100)
+    for evaluation in (1, 2, 3):
+        report(scheduler, "ada", evaluation, 0.9, 9000, budget_settled=False)
+    assert report(scheduler, "ada", 5, 0.25, 50, budget_settled=True) == GO
+    for evaluation in (6, 7):
+        assert report(scheduler, "ada", evaluation, 0.2, 50, budget_settled=True) == GO
+    assert "ada" not in scheduler.rungs[2] and "ada" not in scheduler.rungs[1]
+    # restarted from an older checkpoint, it reports evaluation 3 again: rung 2 stays unfilled
+    assert report(scheduler, "ada", 3, 0.3, 50, budget_settled=True) == GO
+    assert "ada" not in scheduler.rungs[2]
+    assert report(scheduler, "ada", 8, 0.2, 50, budget_settled=True) == GO
+    assert [m for m, recorded in sorted(scheduler.rungs.items()) if "ada" in recorded] == [4, 8]
+
+
+def test_a_trial_promoted_at_rungs_2_and_4_is_not_stopped_later_at_rung_1():
+    """η = 2: settled at evaluation 3, the trial is the first at rungs 2 and 4 and goes on; at
+    evaluation 5 it used to be judged at rung 1 (skipped while unsettled) against two trials'
+    first evaluations that both dominate it, and stopped."""
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    report(scheduler, "a", 1, 0.30, 100)
+    report(scheduler, "b", 1, 0.28, 200)
+    for evaluation in (1, 2):
+        report(scheduler, "ada", evaluation, 0.9, 9000, budget_settled=False)
+    assert report(scheduler, "ada", 3, 0.40, 500, budget_settled=True) == GO  # alone at rung 2
+    assert report(scheduler, "ada", 4, 0.37, 500, budget_settled=True) == GO  # alone at rung 4
+    assert report(scheduler, "ada", 5, 0.35, 500, budget_settled=True) == GO
+    assert "ada" not in scheduler.rungs[1] and scheduler.stopped == 0
+
+
+def stop_as_tune_does(scheduler, trial, result) -> str:
+    """What Tune's controller does with a result: `on_trial_result`; on STOP, `stop_trial` calls
+    `on_trial_complete` with the trial's last result (the one just stopped;
+    ray/tune/execution/tune_controller.py, `_process_trial_result` and `stop_trial`)."""
+    decision = scheduler.on_trial_result(None, trial, result)
+    if decision == STOP or result.get("final"):
+        scheduler.on_trial_complete(None, trial, result)
+    return decision
+
+
+def test_on_trial_complete_after_a_stop_records_nothing_and_counts_the_stop_once():
+    """Tune's call sequence on_trial_result -> STOP -> on_trial_complete, for a trial stopped at
+    rung 4 after skipping rungs 1 and 2 while its budget settled: on_trial_complete used to
+    record it at rung 2 and count a second stop."""
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    for evaluation, loss in ((1, 0.5), (2, 0.4), (3, 0.35), (4, 0.3)):
+        stop_as_tune_does(scheduler, FakeTrial("lora"), {"evaluation": evaluation, "val_loss": loss,
+                                                         "adapter_params": 100})
+    ada = FakeTrial("ada")
+    for evaluation in (1, 2, 3):
+        stop_as_tune_does(scheduler, ada, {"evaluation": evaluation, "val_loss": 0.9, "adapter_params": 9000,
+                                           "budget_settled": False})
+    settled = {"evaluation": 4, "val_loss": 0.6, "adapter_params": 900, "budget_settled": True}
+    assert stop_as_tune_does(scheduler, ada, settled) == STOP  # dominated by lora at rung 4
+    assert scheduler.stopped == 1
+    assert [m for m, recorded in sorted(scheduler.rungs.items()) if "ada" in recorded] == [4]
+    # a result that arrives after the STOP (Tune drops buffered ones; a driver killed before it
+    # acted on the STOP restarts the trial) records nothing and is stopped again, uncounted
+    later = {"evaluation": 8, "val_loss": 0.1, "adapter_params": 900, "budget_settled": True}
+    assert scheduler.on_trial_result(None, ada, later) == STOP
+    scheduler.on_trial_complete(None, ada, later)
+    assert "ada" not in scheduler.rungs[8] and scheduler.stopped == 1
+
+
+def test_a_finished_trial_is_recorded_once():
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2)
+    for evaluation in (1, 2):
+        stop_as_tune_does(scheduler, FakeTrial("a"), {"evaluation": evaluation, "val_loss": 0.5,
+                                                      "adapter_params": 100, "final": evaluation == 2})
+    assert [len(recorded) for _, recorded in sorted(scheduler.rungs.items())][:3] == [1, 1, 0]
+
+
+def test_stopped_trials_survive_a_restart_from_the_state_file(tmp_path):
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, state_file=(str(tmp_path), "m.json"))
+    pickled = pickle.dumps(scheduler)
+    report(scheduler, "t1", 1, 0.6, 100)
+    assert report(scheduler, "t2", 1, 0.7, 200) == STOP
+    resumed = pickle.loads(pickled)  # killed before Tune acted on the STOP: t2 restarts and reports
+    assert report(resumed, "t2", 2, 0.1, 200) == STOP
+    assert "t2" not in resumed.rungs[2] and resumed.stopped == 1
+
+
+# The promotion rule (issue 27, defect 2): a non-dominated trial is not stopped on the first
+# objective alone while its rung holds few trials.
+
+ACCURACY = {"val_accuracy": "max", "adapter_params": "min"}
+
+
+def arrive(scheduler, trial_id: str, accuracy: float, params: float, evaluation: int = 1) -> str:
+    return scheduler.on_trial_result(None, FakeTrial(trial_id), {"evaluation": evaluation, "val_accuracy": accuracy,
+                                                                 "adapter_params": params})
+
+
+def test_the_small_adapter_second_at_a_rung_is_not_stopped_for_its_accuracy_alone():
+    """The issue's reproduction: (0.80, 8,000 parameters) then (0.70, 100) at rung 1 with η = 2.
+    Both are non-dominated; ⌈2/2⌉ = 1 used to keep only the better accuracy."""
+    scheduler = MultiObjectiveASHA(ACCURACY, grace_period=1, reduction_factor=2)
+    assert arrive(scheduler, "big", 0.80, 8000) == GO
+    assert arrive(scheduler, "small", 0.70, 100) == GO
+    assert arrive(scheduler, "worse", 0.60, 9000) == STOP  # dominated: stopped at any rung size
+    # from min_rung_size trials on, the top ⌈n/η⌉ by Pareto rank and crowding: the front's two
+    # ends (big, small) before its middle
+    assert arrive(scheduler, "middle", 0.75, 4000) == STOP
+    assert scheduler.stopped == 2
+    assert scheduler.min_rung_size == 3  # ⌊η⌋ + 1: the rungs where ⌈n/η⌉ keeps one trial
+
+
+def test_min_rung_size_one_is_the_plain_rule_and_a_larger_one_keeps_more_of_the_front():
+    plain = MultiObjectiveASHA(ACCURACY, grace_period=1, reduction_factor=2, min_rung_size=1)
+    arrive(plain, "big", 0.80, 8000)
+    assert arrive(plain, "small", 0.70, 100) == STOP  # the tie goes to the first objective
+    patient = MultiObjectiveASHA(ACCURACY, grace_period=1, reduction_factor=2, min_rung_size=5)
+    for trial, point in {"big": (0.80, 8000), "small": (0.70, 100), "middle": (0.75, 4000)}.items():
+        assert arrive(patient, trial, *point) == GO
+    assert arrive(patient, "worse", 0.60, 9000) == STOP
+    assert promoted({"a": [0.8, 8000], "b": [0.7, 100]}, ["max", "min"], "b", 2, min_rung_size=3)
+    assert not promoted({"a": [0.8, 8000], "b": [0.7, 100]}, ["max", "min"], "b", 2)
+
+
+def test_min_rung_size_is_read_from_the_file_and_checked():
+    from raysearch.spec import SpecError
+
+    space = {"rank": {"choice": [4, 8]}}
+    spec = spec_from_dict({"search": {"space": space, "early_stopping": {"min_rung_size": 5}}})
+    assert build_scheduler(spec).min_rung_size == 5
+    assert build_scheduler(spec_from_dict({"search": {"space": space}})).min_rung_size == 3
+    for bad in (0, "many", 2.5):
+        with pytest.raises(SpecError) as error:
+            spec_from_dict({"search": {"space": space, "early_stopping": {"min_rung_size": bad}}})
+        assert "search.early_stopping.min_rung_size" in str(error.value)
+
+
+# ASHA's rungs on resume (issue 27, part 7): Tune never saves a scheduler.
+
+
+def test_asha_rungs_survive_a_restart_from_the_state_file(tmp_path):
+    from raysearch.moasha import DefaultKeepingASHA
+
+    def asha():
+        return DefaultKeepingASHA(metric="val_loss", mode="min", time_attr="evaluation", grace_period=1,
+                                  reduction_factor=2, max_t=100, state_file=(str(tmp_path), "asha.json"))
+
+    def loss(scheduler, trial_id, value):
+        trial = FakeTrial(trial_id)
+        scheduler.on_trial_add(None, trial)  # Tune adds restored trials again on a resume
+        return scheduler.on_trial_result(None, trial, {"evaluation": 1, "val_loss": value})
+
+    scheduler = asha()
+    pickled = pickle.dumps(scheduler)  # what tuner.pkl holds: no rungs yet
+    assert loss(scheduler, "t1", 0.5) == GO
+    assert loss(scheduler, "t2", 0.6) == STOP  # below the median of the rung
+    resumed = pickle.loads(pickled)
+    assert loss(resumed, "t3", 0.58) == STOP  # judged against t1 and t2, recorded before the kill
+    assert loss(pickle.loads(pickled), "t3", 0.58) == GO  # alone at an empty rung: what a lost state gives
+    assert json.loads((tmp_path / "asha.json").read_text())["stopped"] == 2
+
+
+def test_the_searchs_folder_keeps_asha_and_moasha_rungs(tmp_path):
+    space = {"rank": {"choice": [4, 8]}}
+    asha = spec_from_dict({"search": {"space": space, "objectives": {"val_accuracy": "max"}}})
+    assert build_scheduler(asha, str(tmp_path)).state_file == (str(tmp_path), "asha.json")
+    moasha = spec_from_dict({"search": {"space": space}})
+    assert build_scheduler(moasha, str(tmp_path)).state_file == (str(tmp_path), "moasha.json")
+    assert build_scheduler(asha).state_file is None
