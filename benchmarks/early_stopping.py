@@ -1,21 +1,27 @@
 """Early stopping for a two-objective search: no stopping vs ASHA on val_loss vs MOASHA, side by side.
 
 For each seed, three real `raysearch run` searches of the same 16 configurations (random
-sampler, the same seed: they differ only in the stopping): no early stopping, ASHA (val_loss,
-grace 1, reduction factor 3: its defaults) and MOASHA (raysearch's default for two objectives:
-val_loss as accuracy's stand-in and adapter_params, grace 1, reduction factor 3). MiniLM on an
-SST-2 subsample, 96 steps a trial, 8 evaluations, 2 trials at a time. Reported per search:
-trial-steps (the sum of each trial's last reported step), the hypervolume of the front of the
-trials that ran to the end as a fraction of the search without stopping's (reference: accuracy
-0.5, 1.1 x the largest adapter_params of the space's trials), and the best val_accuracy of a
-trial that ran to the end.
+sampler, the same seed: they differ only in the stopping): no early stopping, ASHA on val_loss
+and MOASHA, each with raysearch's defaults as they are when the script runs (today: grace 1,
+reduction factor 2; MOASHA ranks on the objectives themselves, val_accuracy and
+adapter_params, with min_rung_size ⌊2⌋ + 1 = 3). The published real-search table
+(docs/benchmarks.md §3, 2026-11-30) ran the defaults of that day: reduction factor 3 for both,
+MOASHA on val_loss and adapter_params, without min_rung_size. MiniLM on an SST-2 subsample,
+96 steps a trial, 8 evaluations, 2 trials at a time. Reported per search: trial-steps (the sum
+of each trial's last reported step), the hypervolume of the front of the trials that ran to the
+end as a fraction of the search without stopping's (reference: accuracy 0.5, 1.1 x the largest
+adapter_params of the space's trials), and the best val_accuracy of a trial that ran to the end.
 
 Then the replay: each scheduler setting is fed the learning curves the search without
-stopping recorded (`search_efficiency.replay_search`: trials start in the sampler's order as
-slots free, reports arrive after their recorded durations), once with the recorded times and
-REPLAYS times with each report's time x lognormal(0, 0.2), which changes which trials a rung
-compares. Settings: ASHA on val_loss, MOASHA on (val_loss, adapter_params) and on the
-objectives themselves (val_accuracy, adapter_params), reduction factors 3 and 2, grace 1 and 2.
+stopping recorded (`asha_replay.replay_search`: trials start in the sampler's order as slots
+free, reports arrive after their recorded durations, Tune's hooks are called in Tune's order),
+once with the recorded times and REPLAYS times with each report's time x lognormal(0, 0.2),
+which changes which trials a rung compares. Settings: ASHA on val_loss, MOASHA on (val_loss,
+adapter_params) and on the objectives themselves (val_accuracy, adapter_params), reduction
+factors 3 and 2, grace 1 and 2, each MOASHA with its default min_rung_size; and the default
+MOASHA (objectives, η=2, grace 1) with min_rung_size 1, the rule before it had one. A replay
+is in-sample when the setting it reports was chosen on the same curves; the space has no
+adaptive variant, so a trial never skips a rung here.
 
 Targets (issue 18), on every seed: <= 50% of the steps, hypervolume >= 95% of no stopping's,
 best accuracy within 0.5 point.
@@ -57,11 +63,14 @@ SCHEDULERS = {  # the real searches: name -> search.early_stopping
 REPLAYED = [  # (label, early_stopping) for the replay
     *[(f"asha val_loss eta={eta} g={grace}", {"scheduler": "asha", "metric": "val_loss", "reduction_factor": eta,
                                               "grace_period": grace}) for eta, grace in itertools.product((3, 2), (1, 2))],
-    *[(f"moasha loss+params eta={eta} g={grace}", {"scheduler": "moasha", "reduction_factor": eta, "grace_period": grace})
+    *[(f"moasha loss+params eta={eta} g={grace}", {"scheduler": "moasha", "reduction_factor": eta, "grace_period": grace,
+                                                   "metrics": {"val_loss": "min", "adapter_params": "min"}})
       for eta, grace in itertools.product((3, 2), (1, 2))],
     *[(f"moasha acc+params eta={eta} g={grace}", {"scheduler": "moasha", "reduction_factor": eta, "grace_period": grace,
                                                   "metrics": {"val_accuracy": "max", "adapter_params": "min"}})
       for eta, grace in itertools.product((3, 2), (1, 2))],
+    ("moasha acc+params eta=2 g=1 min_rung_size=1", {"scheduler": "moasha", "reduction_factor": 2, "grace_period": 1,
+                                                     "min_rung_size": 1}),
 ]
 SENSES = ["max", "min"]
 STEPS_TARGET, HV_TARGET, POINTS_TARGET = 0.5, 0.95, -0.5
@@ -169,13 +178,13 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         seeds = sorted({r["seed"] for r in replay})
         print(f"\nreplayed on each seed's curves without stopping (recorded order: steps/none, hv/none, points; "
               f"[share of {replay[0]['replays']} jittered orders meeting all three targets])")
-        print(f"{'setting':<34}" + "".join(f"{f'seed {s}':>30}" for s in seeds) + f"{'met (recorded)':>16}")
+        print(f"{'setting':<46}" + "".join(f"{f'seed {s}':>30}" for s in seeds) + f"{'met (recorded)':>16}")
         for label, _ in REPLAYED:
             cells = [next(r for r in replay if r["seed"] == s and r["scheduler"] == label) for s in seeds]
             text = [f"{c['steps_ratio']:.2f} {c['hv_ratio']:.3f} {c['points']:+.1f} [{c['jittered_targets_met']:.0%}]"
                     for c in cells]
             met = f"{sum(c['targets_met'] for c in cells)} of {len(cells)}"
-            print(f"{label:<34}" + "".join(f"{t:>30}" for t in text) + f"{met:>16}")
+            print(f"{label:<46}" + "".join(f"{t:>30}" for t in text) + f"{met:>16}")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
