@@ -1,22 +1,27 @@
 """A real pretrained model tuned by a search, scored on data the search never saw.
 
 One run of this script, on `search_spaces/commonsense_smol.yaml` (SmolLM2-135M-Instruct on
-BoolQ, ARC-Easy, ARC-Challenge, OpenBookQA and SST-2 instruction records), scores three
+BoolQ, ARC-Easy, ARC-Challenge, OpenBookQA and SST-2 instruction records), scores these
 models on the same held-out test split (20% of every training file, drawn with test_seed 0
 before anything else; no trial trained on it or was selected by it):
 
 1. zero-shot: the model without an adapter;
 2. the plain PEFT default a user would type: LoRA r=8, alpha=16, dropout 0.05, lr 3e-4 on
    q/k/v/o, trained with transformers' Trainer + PEFT (no raysearch code in the training)
-   on the same training records, prompts and step budget as one trial;
+   on the same training records and step budget as one trial, twice: on the option text
+   (`train_on: option_text`, what the scoring reads) and on the LLM-Adapters labels
+   (`train_on: label`, "the correct answer is answer2" after the prompt template): the
+   measurement behind the space's `train_on`;
 3. raysearch's best trial by validation accuracy (the search's own choice).
 
-Every score is answer accuracy by log-likelihood (the experiment's `task.scoring`) with a
-95% Wilson interval, beside the majority-answer and chance baselines; differences between
-two models are paired bootstrap intervals on the same records. The best trial is also
-scored by greedy generation, and the script reports how often the two scorings agree.
+Every score is the experiment's `task.scoring` (`options`: lm-evaluation-harness multiple
+choice, acc_norm for ARC/OpenBookQA, acc for BoolQ/SST-2) with a 95% Wilson interval, beside
+the majority-answer and chance baselines; "all" is the mean of the sources. Differences
+between two models are paired bootstrap intervals on the same records ("all": weighted so
+that each source counts the same). The zero-shot model is also scored the old way, by the
+likelihood of the label ("answer2"), so the two readings sit side by side.
 
-    python benchmarks/smol_table.py                      # runs the search too (~40 min), then ~25 min
+    python benchmarks/smol_table.py                      # runs the search too (~40 min), then ~40 min
     python benchmarks/smol_table.py --search commonsense-smol --mlflow-uri sqlite:///mlflow.db   # an existing search
     python benchmarks/smol_table.py --quick              # the plumbing on builtin:tiny-llama, ~2 min
 """
@@ -72,8 +77,9 @@ def load_experiment(raw: dict[str, Any]) -> dict[str, Any]:
     return worker_experiment(spec_from_dict(raw))
 
 
-def train_peft_default(experiment: dict[str, Any], out_dir: Path) -> tuple[Path, float]:
-    """The plain PEFT script: Trainer + get_peft_model on the trials' training records."""
+def train_peft_default(experiment: dict[str, Any], out_dir: Path, train_on: str) -> tuple[Path, float]:
+    """The plain PEFT script: Trainer + get_peft_model on the trials' training records, written
+    as `train_on` says (option text or label)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
@@ -85,7 +91,7 @@ def train_peft_default(experiment: dict[str, Any], out_dir: Path) -> tuple[Path,
     task, train_cfg = experiment["task"], experiment["train"]
     records = load_instruction_splits(task, seed=train_cfg["seed"])["train"]
     model, tokenizer = load_causal_lm(experiment["model"])
-    encoded = encode_records(records, task["prompt_template"], tokenizer, task["max_length"]).tensors
+    encoded = encode_records(records, task["prompt_template"], tokenizer, task["max_length"], train_on=train_on).tensors
     steps = max(1, len(encoded["labels"]) // train_cfg["batch_size"])  # one epoch, as a trial
     targets = [t for t in PEFT_DEFAULT["target_modules"]]
     model = get_peft_model(model, LoraConfig(r=PEFT_DEFAULT["r"], lora_alpha=PEFT_DEFAULT["lora_alpha"],
@@ -101,8 +107,8 @@ def train_peft_default(experiment: dict[str, Any], out_dir: Path) -> tuple[Path,
     started = time.perf_counter()
     Trainer(model=model, args=args, train_dataset=rows).train()
     seconds = time.perf_counter() - started
-    model.save_pretrained(out_dir / "peft-default")
-    return out_dir / "peft-default", seconds
+    model.save_pretrained(out_dir / f"peft-default-{train_on}")
+    return out_dir / f"peft-default-{train_on}", seconds
 
 
 def best_trial(mlflow_uri: str, name: str, out_dir: Path) -> tuple[dict, Path]:
@@ -117,9 +123,11 @@ def cell(score: Any) -> str:
     return f"{score.value:.3f} [{score.low:.3f}, {score.high:.3f}]"
 
 
-def print_table(results: dict[str, Any]) -> None:
+def print_table(results: dict[str, Any], field: str = "value") -> None:
+    """One row per source (and the mean of sources): each model's `field` (value: the task's
+    scoring with its interval; acc / acc_norm: the option-text readings)."""
     zero = results["zero-shot"]
-    sources = [s.source for s in zero.per_source] + ["all"]
+    sources = [s.source for s in zero.per_source] + [zero.overall.source]
     print(f"\n{zero.data}")
     print(f"{'source':<14}{'n':>5}  {'majority':>8}  {'chance':>6}  " + "  ".join(f"{k:>24}" for k in results))
     for source in sources:
@@ -127,32 +135,31 @@ def print_table(results: dict[str, Any]) -> None:
         first = scores["zero-shot"]
         majority = f"{first.majority:.3f}" if first.majority is not None else "-"
         chance = f"{first.chance:.3f}" if first.chance is not None else "-"
-        print(f"{source:<14}{first.n:>5}  {majority:>8}  {chance:>6}  "
-              + "  ".join(f"{cell(s):>24}" for s in scores.values()))
+        shown = [cell(s) if field == "value" else f"{getattr(s, field):.3f}" for s in scores.values()]
+        print(f"{source:<14}{first.n:>5}  {majority:>8}  {chance:>6}  " + "  ".join(f"{c:>24}" for c in shown)
+              + ("" if field != "value" else f"  ({first.reading})"))
 
 
 def print_differences(results: dict[str, Any]) -> list[dict[str, Any]]:
     from trainables.evaluation import paired_difference
 
     rows = []
-    pairs = [("raysearch best", "zero-shot"), ("raysearch best", "PEFT default"), ("PEFT default", "zero-shot")]
+    pairs = [("raysearch best", "zero-shot"), ("raysearch best", "PEFT default"), ("PEFT default", "zero-shot"),
+             ("PEFT default", "PEFT default (label)")]
     print("\npaired differences on the same records (95% bootstrap interval):")
     for a, b in pairs:
         if a not in results or b not in results:
             continue
         sources = sorted(set(results[a].sources))
+        sizes = {name: results[a].sources.count(name) for name in sources}
         for source in [*sources, "all"]:
             keep = [i for i, s in enumerate(results[a].sources) if source in ("all", s)]
-            diff, low, high = paired_difference([results[b].correct[i] for i in keep], [results[a].correct[i] for i in keep])
+            weights = [1.0 / (len(sources) * sizes[results[a].sources[i]]) for i in keep]
+            diff, low, high = paired_difference([results[b].correct[i] for i in keep],
+                                                [results[a].correct[i] for i in keep], weights)
             rows.append({"a": a, "b": b, "source": source, "diff": diff, "low": low, "high": high})
             print(f"  {a} - {b:<14} {source:<14} {diff:+.3f} [{low:+.3f}, {high:+.3f}]")
     return rows
-
-
-def agreement(loglik: Any, generate: Any) -> float:
-    """Share of records where the two scorings give the same answer."""
-    same = [a == b for a, b in zip(loglik.predictions, generate.predictions)]
-    return sum(same) / max(len(same), 1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -186,29 +193,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         results["zero-shot"] = evaluate(experiment, None)
         timings["zero_shot_eval_s"] = time.perf_counter() - started
-        adapter, timings["peft_train_s"] = train_peft_default(experiment, workdir)
-        started = time.perf_counter()
-        results["PEFT default"] = evaluate(experiment, adapter)
-        timings["peft_eval_s"] = time.perf_counter() - started
+        for train_on, label in (("option_text", "PEFT default"), ("label", "PEFT default (label)")):
+            adapter, timings[f"peft_{train_on}_train_s"] = train_peft_default(experiment, workdir, train_on)
+            started = time.perf_counter()
+            results[label] = evaluate(experiment, adapter)
+            timings[f"peft_{train_on}_eval_s"] = time.perf_counter() - started
         row, best = best_trial(uri, name, workdir / "best")
         started = time.perf_counter()
         results["raysearch best"] = evaluate(experiment, best)
         timings["best_eval_s"] = time.perf_counter() - started
         started = time.perf_counter()
-        generated = evaluate(experiment, best, scoring="generate")
-        timings["best_generate_eval_s"] = time.perf_counter() - started
+        old_reading = evaluate(experiment, None, scoring="loglik")
+        timings["zero_shot_label_eval_s"] = time.perf_counter() - started
 
     print(f"\nraysearch best by validation: trial {row['trial_id']} "
           + ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
           + f"; val_answer_accuracy {row['metrics'].get('val_answer_accuracy', float('nan')):.3f}")
     print_table(results)
+    for field in ("acc", "acc_norm"):
+        print(f"\noption-text {field} of every model (records that offer options):")
+        print_table(results, field)
+    print("\nzero-shot, the old reading (likelihood of the label, e.g. 'answer2', after the prompt template):")
+    for score in [*old_reading.per_source, old_reading.overall]:
+        print(f"  {score.source:<16}{score.n:>5}  {cell(score)}")
     differences = print_differences(results)
-    rate = agreement(results["raysearch best"], generated)
-    print(f"\nscoring the best adapter by generation: {cell(generated.overall)} answer accuracy "
-          f"({generated.overall.n} records); loglik and generation give the same answer on {rate:.1%} of records")
     print("timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    return {"results": results, "generated": generated, "agreement": rate, "differences": differences,
-            "best": row, "timings": timings}
+    return {"results": results, "old_reading": old_reading, "differences": differences, "best": row,
+            "timings": timings}
 
 
 if __name__ == "__main__":

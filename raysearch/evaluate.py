@@ -70,6 +70,11 @@ def run_evaluation(target: Target, *, data: Path | None, scoring: str | None, ma
         name = f"{target.prefix}{result.metric}"
         metrics = {name: result.overall.value}
         metrics.update({f"{name}/{s.source}": s.value for s in result.per_source})
+        for reading in ("acc", "acc_norm"):  # the option-text readings, whatever task.scoring is
+            for score in [*result.per_source, result.overall]:
+                if getattr(score, reading, None) is not None:
+                    where = "" if score is result.overall else f"/{score.source}"
+                    metrics[f"{target.prefix}option_{reading}{where}"] = getattr(score, reading)
         log_test_scores(mlflow_uri, target.run_id, metrics, result.data)
     return result
 

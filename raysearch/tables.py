@@ -12,11 +12,18 @@ from raysearch.runs import cell_table, leaderboard as rows_for, search_objective
 def evaluation_table(label: str, result: Any) -> Table:
     """`raysearch evaluate`: the score per source and overall, its interval and the baselines."""
     table = Table(title=f"{label}\n{result.data}")
-    for column in ("source", "records", result.metric, "95% interval", "majority", "chance"):
-        table.add_column(column, justify="left" if column == "source" else "right")
+    readings = getattr(result, "option_correct", None)  # causal_lm records that offer options
+    columns = ["source", "records", result.metric, "95% interval", "majority", "chance"]
+    if readings:
+        columns[3:3] = ["reading", "option acc", "option acc_norm"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("source", "reading") else "right")
     for score in [*result.per_source, result.overall]:
-        table.add_row(score.source, str(score.n), f"{score.value:.4f}", f"{score.low:.4f} - {score.high:.4f}",
-                      fmt(score.majority), fmt(score.chance))
+        row = [score.source, str(score.n), f"{score.value:.4f}", f"{score.low:.4f} - {score.high:.4f}",
+               fmt(score.majority), fmt(score.chance)]
+        if readings:
+            row[3:3] = [score.reading, fmt(score.acc), fmt(score.acc_norm)]
+        table.add_row(*row)
     return table
 
 

@@ -19,13 +19,16 @@ Built-ins, on the seeds' "the correct answer is ..." outputs:
   (GSM8K-style math).
 `auto` falls back to `gold_words` when no built-in reads every gold answer but they are
 at most 32 distinct words: the first of those words in the text (a mix of sources).
+
+Also here: `AnswerComplete`, generation's stopping rule once the pattern has matched, and
+the label candidates `loglik` compares (`candidate_response`, `common_prefix_length`).
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 NUMBER_TOLERANCE = 1e-3
 
@@ -157,3 +160,44 @@ def infer_pattern(gold_answers: Iterable[str]) -> AnswerPattern:
         f"answer_pattern 'auto': no built-in ({', '.join(BUILTIN_PATTERNS)}) reads the gold answers "
         f"(e.g. {examples}); set task.answer_pattern to a regular expression"
     )
+
+
+class AnswerComplete:
+    """A `generate` stopping criterion: a row is done once the answer pattern has matched and at
+    least one more character follows the match (so "true" is not cut from "trueish"). Only for
+    patterns whose first match is the answer; `number` reads the last number and runs on."""
+
+    def __init__(self, pattern: AnswerPattern, tokenizer: Any, prompt_width: int) -> None:
+        self.pattern, self.tokenizer, self.prompt_width = pattern, tokenizer, prompt_width
+
+    def __call__(self, input_ids: Any, scores: Any = None, **kwargs: Any) -> Any:
+        import torch  # not at import time: the driver reads this module's patterns without torch
+
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.pattern.pick != "first" or self.pattern.numeric:
+            return done
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        for row, text in enumerate(texts):
+            end = self.pattern.match_end(text)
+            done[row] = end is not None and end < len(text)
+        return done
+
+
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens all sequences share."""
+    if not sequences:
+        return 0
+    length = min(len(s) for s in sequences)
+    for i in range(length):
+        if len({s[i] for s in sequences}) > 1:
+            return i
+    return length
+
+
+def candidate_response(output: str, gold: str, candidate: str) -> str:
+    """The gold response with the last occurrence of the gold answer replaced by `candidate`
+    (case-insensitive); just the candidate when the response does not contain the answer."""
+    at = output.lower().rfind(gold.lower())
+    if at < 0:
+        return candidate
+    return output[:at] + candidate + output[at + len(gold):]

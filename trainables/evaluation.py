@@ -54,24 +54,28 @@ class Evaluation:
     correct: list[bool] = field(default_factory=list)  # per record, for paired comparisons
     sources: list[str] = field(default_factory=list)  # per record
     option_correct: dict[str, list[bool | None]] = field(default_factory=dict)  # "acc"/"acc_norm" per record (None: no options)
+    option_picks: list[tuple[int, int] | None] = field(default_factory=list)  # (acc's, acc_norm's) option index per record
 
 
 
-def paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float, float]:
+def paired_difference(first: list[bool], second: list[bool],
+                      weights: list[float] | None = None) -> tuple[float, float, float]:
     """Accuracy of `second` minus `first` on the same records, with a 95% paired bootstrap
-    percentile interval (resampling records keeps each record's pair together)."""
+    percentile interval (resampling records keeps each record's pair together). `weights`: a
+    weighted accuracy, e.g. 1 / (sources x the record's source size) for the mean of sources."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if len(a) != len(b) or not len(a):
         raise ValueError("a paired difference needs two scorings of the same records")
-    low, high = paired_bootstrap(a, b, lambda x, y: float(np.mean(y) - np.mean(x)))
-    return float(b.mean() - a.mean()), low, high
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=float)
+    low, high = paired_bootstrap(a, b, lambda x, y, v: float(np.sum(v * (y - x)) / np.sum(v)), w)
+    return float(np.sum(w * (b - a)) / np.sum(w)), low, high
 
 
-def paired_bootstrap(first: np.ndarray, second: np.ndarray, statistic: Any) -> tuple[float, float]:
-    """95% percentile interval of `statistic(first, second)` over records resampled in pairs (scipy, seeded)."""
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, statistic: Any, *more: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of `statistic(first, second, *more)` over records resampled together (scipy, seeded)."""
     from scipy.stats import bootstrap
 
-    result = bootstrap((first, second), statistic, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
+    result = bootstrap((first, second, *more), statistic, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
                        confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(0))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
@@ -206,7 +210,7 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
         overall.majority = per_source[0].majority if per_source else None
     return Evaluation("answer_accuracy", _describe(task_cfg, data), overall, per_source if len(per_source) > 1 else [],
                       predictions=predicted, correct=correct, sources=[r.source for r in records],
-                      option_correct=option_correct)
+                      option_correct=option_correct, option_picks=[picks.get(i) for i in range(len(records))])
 
 
 def _mean_of_sources(per_source: list[Score]) -> Score:

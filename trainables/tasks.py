@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score, matthews_corrcoef
 from torch import nn
 
-from trainables.answers import AnswerPattern, answer_pattern
+from trainables.answers import AnswerComplete, AnswerPattern, answer_pattern, candidate_response, common_prefix_length
 from trainables.choices import Choice, decide, split_pair
 from trainables.data import load_splits, num_labels, tokenize_splits
 from trainables.instruction_data import load_instruction_splits
@@ -325,45 +325,6 @@ class CausalLMTask(_Task):
         mask = targets != IGNORE_INDEX
         picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * mask).sum(dim=1).tolist()
-
-
-class AnswerComplete:
-    """A `generate` stopping criterion: a row is done once the answer pattern has matched and at
-    least one more character follows the match (so "true" is not cut from "trueish"). Only for
-    patterns whose first match is the answer; `number` reads the last number and runs on."""
-
-    def __init__(self, pattern: AnswerPattern, tokenizer: Any, prompt_width: int) -> None:
-        self.pattern, self.tokenizer, self.prompt_width = pattern, tokenizer, prompt_width
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.pattern.pick != "first" or self.pattern.numeric:
-            return done
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        for row, text in enumerate(texts):
-            end = self.pattern.match_end(text)
-            done[row] = end is not None and end < len(text)
-        return done
-
-
-def common_prefix_length(sequences: list[list[int]]) -> int:
-    """How many leading tokens all sequences share."""
-    if not sequences:
-        return 0
-    length = min(len(s) for s in sequences)
-    for i in range(length):
-        if len({s[i] for s in sequences}) > 1:
-            return i
-    return length
-
-
-def candidate_response(output: str, gold: str, candidate: str) -> str:
-    """The gold response with the last occurrence of the gold answer replaced by `candidate`
-    (case-insensitive); just the candidate when the response does not contain the answer."""
-    at = output.lower().rfind(gold.lower())
-    if at < 0:
-        return candidate
-    return output[:at] + candidate + output[at + len(gold):]
 
 
 def gold_answers_by_source(splits: list[EncodedSplit], pattern: AnswerPattern) -> dict[str, list[str]]:

@@ -196,13 +196,17 @@ def test_search_efficiency_asha_quick(tmp_path, capsys):
 @pytest.mark.integration
 def test_smol_table_quick(tmp_path, capsys):
     """The held-out table's plumbing on builtin:tiny-llama: a 2-trial search, the plain PEFT
-    default trained by transformers' Trainer, all three scored on the same test records."""
+    default trained by transformers' Trainer on option text and on labels, all scored on the
+    same test records by option text, and the zero-shot model's label reading beside."""
     out = load("smol_table").main(["--quick", "--workdir", str(tmp_path)])
     results = out["results"]
-    assert list(results) == ["zero-shot", "PEFT default", "raysearch best"]
+    assert list(results) == ["zero-shot", "PEFT default", "PEFT default (label)", "raysearch best"]
     sizes = {name: [s.n for s in result.per_source] for name, result in results.items()}
     assert len(set(map(tuple, sizes.values()))) == 1 and sizes["zero-shot"] == [8] * 5  # max_test_examples per source
-    assert 0.0 <= out["agreement"] <= 1.0 and out["generated"].overall.n == 40
+    assert all(s.reading in ("acc", "acc_norm") for s in results["zero-shot"].per_source)
+    assert out["old_reading"].overall.n == 40 and {s.reading for s in out["old_reading"].per_source} == {"label"}
+    means = [s.value for s in results["raysearch best"].per_source]
+    assert results["raysearch best"].overall.value == pytest.approx(sum(means) / len(means))  # the mean of sources
     pairs = {(d["a"], d["b"], d["source"]) for d in out["differences"]}
     assert ("raysearch best", "zero-shot", "all") in pairs and ("raysearch best", "PEFT default", "sst2") in pairs
     assert all(d["low"] <= d["diff"] <= d["high"] for d in out["differences"])

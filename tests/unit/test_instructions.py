@@ -416,7 +416,7 @@ def test_classification_test_split_is_held_out_before_validation(tmp_path):
 
 def test_generation_stops_a_row_once_its_answer_is_complete(tokenizer):
     from trainables.answers import BUILTIN_PATTERNS
-    from trainables.tasks import AnswerComplete
+    from trainables.answers import AnswerComplete
 
     prompt = tokenizer("question: is it?")["input_ids"]
     rows = ["the correct answer is true .", "the correct answer is tr", "no idea yet", "answer3 because",
