@@ -20,15 +20,34 @@ which changes which trials a rung compares. Settings: ASHA on val_loss, MOASHA o
 adapter_params) and on the objectives themselves (val_accuracy, adapter_params), reduction
 factors 3 and 2, grace 1 and 2, each MOASHA with its default min_rung_size; and the default
 MOASHA (objectives, η=2, grace 1) with min_rung_size 1, the rule before it had one. A replay
-is in-sample when the setting it reports was chosen on the same curves; the space has no
-adaptive variant, so a trial never skips a rung here.
+is in-sample when the setting it reports was chosen on the same curves; the default space has
+no adaptive variant, so a trial never skips a rung there (`--space adaptive` has them).
+`--no-replay` runs the real searches alone.
 
-Targets (issue 18), on every seed: <= 50% of the steps, hypervolume >= 95% of no stopping's,
-best accuracy within 0.5 point.
+Targets (issues 18 and 27), on every seed: <= 50% of the steps, hypervolume >= 95% of no
+stopping's, best accuracy within 0.5 point. The real searches' table says, per seed and
+search, which of the three it met; below it, on how many seeds each was met.
+
+`--space adaptive` searches the variants whose budget moves while they train instead: AdaLoRA,
+SoRA, SaLoRA and ALoRA (`alora_alloc`), with LoRA beside them (ADAPTIVE_SPACE, ADAPTIVE_ADAPTER).
+Their schedules are set so that every budget settles inside the trial's 96 steps, after the
+first evaluation and by the fifth (SoRA and one-round ALoRA at step 24 or earlier, AdaLoRA and
+SaLoRA at 48, two-round ALoRA at 58; the script prints each one's step): until then a trial
+reports `budget_settled: false` and MOASHA skips the rungs it reaches (ASHA judges it at every
+rung on val_loss). The table's `unsettled` column counts the trials of each search that did.
+The lr choices are 3e-3 and 1.2e-2: in docs/benchmarks.md §4.2 AdaLoRA and SaLoRA stayed
+near chance at 3.8e-3 and learned at 1.9e-2, where LoRA collapsed; LoRA held at 1.2e-2.
+Its searches are named `es-adaptive-...`, so both spaces can share a --workdir.
+
+Held out: seeds 0, 1 and 2 chose the default setting (docs/benchmarks.md §3); seeds 3 and up
+were not used to choose it.
 
     python benchmarks/early_stopping.py                    # 3 seeds x 3 searches, ~45 min on 2 CPU cores
+    python benchmarks/early_stopping.py --seeds 3 4 5 --no-replay --workdir runs/es   # held out, real searches only
+    python benchmarks/early_stopping.py --space adaptive --seeds 3 4 5 --no-replay --workdir runs/es
     python benchmarks/early_stopping.py --seeds 0 --workdir runs/es   # one seed, keep the files
     python benchmarks/early_stopping.py --replay runs/es   # replay again on kept searches (seconds)
+    python benchmarks/early_stopping.py --space adaptive --replay runs/es   # the same, on the adaptive searches
     python benchmarks/early_stopping.py --quick            # 2-trial searches of 4 steps: checks it runs
 """
 from __future__ import annotations
@@ -37,6 +56,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +73,27 @@ import asha_replay  # noqa: E402
 import search_efficiency as efficiency  # noqa: E402
 from raysearch.pareto import hypervolume  # noqa: E402
 from raysearch.spec import spec_from_dict  # noqa: E402
-from trainables.contract import ran_to_the_end  # noqa: E402
+from trainables.contract import BUDGET_SETTLED, ran_to_the_end  # noqa: E402
+
+ADAPTIVE_SPACE = {  # --space adaptive: the variants that report budget_settled: false, and LoRA
+    "variant": {"choice": ["lora", "adalora", "sora", "salora", "alora_alloc"]},
+    "rank": {"choice": [4, 8, 16]},
+    "lr": {"choice": [3e-3, 1.2e-2]},
+    "adalora_target_r": {"choice": [1, 2], "when": {"variant": ["adalora"]}},
+    "sora_lambda": {"choice": [0.01, 0.1], "when": {"variant": ["sora"]}},
+    "salora_target_density": {"choice": [0.25, 0.5], "when": {"variant": ["salora"]}},
+    "alora_rounds": {"choice": [1, 2], "when": {"variant": ["alora_alloc"]}},
+}
+# The schedules, for 96 steps evaluated every 12: AdaLoRA prunes from step 9 to 48 (tinit 0.1,
+# tfinal 0.5); SoRA's lambda ramps up over 24 steps; SaLoRA's gates move from step 9 to 48;
+# ALoRA's rounds run after steps 20 (and 58 with two rounds). SoRA's gates keep closing after
+# its ramp (the gate lr, 0.5, follows the main schedule), so it is judged at a rung by the
+# adapter it has then.
+ADAPTIVE_ADAPTER = {"alpha": 16, "adalora_tinit": 0.1, "adalora_tfinal": 0.5, "adalora_delta_t": 5,
+                    "sora_warmup": 0.25, "sora_gate_lr": 0.5, "salora_t_end": 0.5, "alora_first_round": 0.2}
+# --quick: ALoRA with two rounds settles at step 3 of 4, so it reports unsettled at evaluation 1
+QUICK_ADAPTIVE_SPACE = {"variant": {"choice": ["alora_alloc"]}, "rank": {"choice": [4]}, "lr": {"choice": [4e-3]},
+                        "alora_rounds": {"choice": [2], "when": {"variant": ["alora_alloc"]}}}
 
 SCHEDULERS = {  # the real searches: name -> search.early_stopping
     "none": {"scheduler": "none"},
@@ -77,8 +117,44 @@ STEPS_TARGET, HV_TARGET, POINTS_TARGET = 0.5, 0.95, -0.5
 REPLAYS = 200
 
 
-def name_of(scheduler: str, seed: int) -> str:
-    return f"es-{scheduler}-s{seed}"
+def name_of(scheduler: str, seed: int, space: str = "default") -> str:
+    return f"es-{scheduler}-s{seed}" if space == "default" else f"es-{space}-{scheduler}-s{seed}"
+
+
+def space_points(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every configuration of a space of choices (a `when` dimension only with its variants)."""
+    points = []
+    for variant in space["variant"]["choice"]:
+        dims = {name: dim["choice"] for name, dim in space.items()
+                if name != "variant" and variant in dim.get("when", {}).get("variant", [variant])}
+        points += [{"variant": variant, **dict(zip(dims, values))} for values in itertools.product(*dims.values())]
+    return points
+
+
+def settling(space: dict[str, Any], adapter: dict[str, Any], sizes: harness.Sizes) -> list[dict[str, Any]]:
+    """Per configuration: the step its budget settles at (trainables/adapters `budget_settles_at`)
+    and the first evaluation that reports `budget_settled: true`, the earliest MOASHA judges it."""
+    from trainables.adapters import ADAPTERS
+
+    every = max(1, sizes.steps // sizes.evaluations)
+    rows = []
+    for point in space_points(space):
+        settles_at = ADAPTERS[point["variant"]]({**adapter, **point}, "classification", sizes.steps).budget_settles_at()
+        first = max(1, math.ceil(settles_at / every))
+        rows.append({**point, "settles_at": settles_at,
+                     "first_settled_evaluation": first if settles_at <= sizes.steps else None})
+    return rows
+
+
+def print_settling(rows: list[dict[str, Any]], sizes: harness.Sizes) -> None:
+    print(f"\nbudgets: the step each configuration's budget settles at, of {sizes.steps} "
+          f"(evaluations every {max(1, sizes.steps // sizes.evaluations)} steps)")
+    seen = set()
+    for r in rows:
+        text = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("settles_at", "first_settled_evaluation", "lr"))
+        if text not in seen:
+            seen.add(text)
+            print(f"  {text}: step {r['settles_at']}, settled from evaluation {r['first_settled_evaluation']}")
 
 
 def front_hypervolume(points: list[tuple[float, float]], reference: list[float]) -> float:
@@ -96,41 +172,49 @@ def measured(label: str, seed: int, steps: int, finished: list[tuple[float, floa
            "steps_ratio": steps / none["trial_steps"],
            "hv_ratio": front_hypervolume(finished, reference) / none["hv"] if none["hv"] else float("nan"),
            "best_val_accuracy": best, "points": 100 * (best - none["best_val_accuracy"])}
-    row["targets_met"] = bool(row["steps_ratio"] <= STEPS_TARGET and row["hv_ratio"] >= HV_TARGET
-                              and row["points"] >= POINTS_TARGET)
+    row["steps_met"] = bool(row["steps_ratio"] <= STEPS_TARGET)
+    row["hv_met"] = bool(row["hv_ratio"] >= HV_TARGET)  # False when nan
+    row["points_met"] = bool(row["points"] >= POINTS_TARGET)
+    row["targets_met"] = row["steps_met"] and row["hv_met"] and row["points_met"]
     return row
 
 
-def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any], workdir: Path) -> list[dict[str, Any]]:
+def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any], workdir: Path,
+              space: str = "default", adapter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The three real searches of one seed."""
     runs = {}
     for scheduler, stopping in SCHEDULERS.items():
-        experiment = harness.experiment(name_of(scheduler, seed), data, sizes,
-                                        {**search, "seed": seed, "early_stopping": stopping})
+        experiment = harness.experiment(name_of(scheduler, seed, space), data, sizes,
+                                        {**search, "seed": seed, "early_stopping": stopping}, adapter=adapter)
         print(f"seed {seed}: search with {scheduler} ...", flush=True)
         run = harness.run_search(experiment, workdir)
         results, errored = efficiency.last_results(run.storage_dir / "tune")
         if errored:
             print(f"WARNING: {errored} trial(s) of {experiment['name']} ended in an error; not a valid comparison")
         finished = [(r["val_accuracy"], float(r["adapter_params"])) for r in results if ran_to_the_end(r)]
+        # trials that reported an unsettled budget: MOASHA skipped the rungs they reached then
+        unsettled = sum(any(r.get(BUDGET_SETTLED) is False for r in curve)
+                        for curve in asha_replay.trial_curves(run.storage_dir / "tune"))
         runs[scheduler] = {"steps": int(sum(r.get("step", 0) for r in results)), "finished": finished,
-                           "wall_s": run.wall_s}
-    curves = asha_replay.trial_curves(workdir / "results" / name_of("none", seed) / "tune")
+                           "wall_s": run.wall_s, "errored": errored, "trials": len(results), "unsettled": unsettled}
+    curves = asha_replay.trial_curves(workdir / "results" / name_of("none", seed, space) / "tune")
     reference = reference_of(curves)
     none = {"trial_steps": runs["none"]["steps"], "hv": front_hypervolume(runs["none"]["finished"], reference),
             "best_val_accuracy": max(a for a, _ in runs["none"]["finished"])}
     rows = []
     for scheduler, run in runs.items():
         row = measured(scheduler, seed, run["steps"], run["finished"], none, reference)
-        rows.append({**row, "part": "real", "wall_s": run["wall_s"], "wall_ratio": run["wall_s"] / runs["none"]["wall_s"]})
+        rows.append({**row, "part": "real", "space": space, "trials": run["trials"], "errored": run["errored"],
+                     "unsettled": run["unsettled"], "wall_s": run["wall_s"],
+                     "wall_ratio": run["wall_s"] / runs["none"]["wall_s"]})
     return rows
 
 
-def replay_rows(seed: int, workdir: Path, replays: int) -> list[dict[str, Any]]:
+def replay_rows(seed: int, workdir: Path, replays: int, space: str = "default") -> list[dict[str, Any]]:
     """Every replayed setting on the curves of this seed's search without stopping."""
     import yaml
 
-    experiment = yaml.safe_load((workdir / f"{name_of('none', seed)}.yaml").read_text())
+    experiment = yaml.safe_load((workdir / f"{name_of('none', seed, space)}.yaml").read_text())
     curves = asha_replay.trial_curves(workdir / "results" / experiment["name"] / "tune")
     return replay_on(experiment, curves, seed, replays)
 
@@ -167,12 +251,26 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     if real:
         print(f"\nreal searches (targets: steps <= {STEPS_TARGET:.2f} x none, hypervolume >= {HV_TARGET:.2f} x none, "
               f"best accuracy >= {POINTS_TARGET:+.1f} points)")
-        print(f"{'seed':>4} {'scheduler':<8} {'finished':>8} {'trial-steps':>11} {'steps/none':>10} {'hv/none':>8} "
-              f"{'best acc':>9} {'points':>7} {'wall/none':>9} {'targets':>8}")
+        print(f"{'seed':>4} {'scheduler':<8} {'finished':>8} {'unsettled':>9} {'trial-steps':>11} {'steps/none':>10} "
+              f"{'hv/none':>8} {'best acc':>9} {'points':>7} {'wall/none':>9} {'steps<=0.5':>10} {'hv>=0.95':>8} "
+              f"{'best-0.5pt':>10} {'all three':>9}")
+
+        def verdict(r: dict[str, Any], key: str) -> str:
+            return "-" if r["scheduler"] == "none" else ("met" if r[key] else "MISSED")
+
         for r in real:
-            print(f"{r['seed']:>4} {r['scheduler']:<8} {r['finished']:>8} {r['trial_steps']:>11} {r['steps_ratio']:>10.2f} "
-                  f"{r['hv_ratio']:>8.3f} {r['best_val_accuracy']:>9.4f} {r['points']:>+7.1f} {r['wall_ratio']:>9.2f} "
-                  f"{'met' if r['targets_met'] else 'missed':>8}")
+            print(f"{r['seed']:>4} {r['scheduler']:<8} {r['finished']:>8} {r.get('unsettled', 0):>9} "
+                  f"{r['trial_steps']:>11} {r['steps_ratio']:>10.2f} {r['hv_ratio']:>8.3f} {r['best_val_accuracy']:>9.4f} "
+                  f"{r['points']:>+7.1f} {r['wall_ratio']:>9.2f} {verdict(r, 'steps_met'):>10} "
+                  f"{verdict(r, 'hv_met'):>8} {verdict(r, 'points_met'):>10} {verdict(r, 'targets_met'):>9}")
+        for scheduler in [s for s in SCHEDULERS if s != "none"]:
+            mine = [r for r in real if r["scheduler"] == scheduler]
+            counts = ", ".join(f"{label} on {sum(r[key] for r in mine)} of {len(mine)}"
+                               for label, key in (("steps", "steps_met"), ("hypervolume", "hv_met"),
+                                                  ("best", "points_met"), ("all three", "targets_met")))
+            missed = [r["seed"] for r in mine if not r["targets_met"]]
+            print(f"{scheduler}: targets met per seed: {counts}"
+                  + (f"; seeds missing one or more: {' '.join(map(str, missed))}" if missed else ""))
     replay = [r for r in rows if r["part"] == "replay"]
     if replay:
         seeds = sorted({r["seed"] for r in replay})
@@ -194,6 +292,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--replay", type=Path, default=None, metavar="WORKDIR",
                         help="only replay, on the searches without stopping kept in WORKDIR (an earlier --workdir)")
     parser.add_argument("--replays", type=int, default=None, help=f"jittered replays per setting (default {REPLAYS})")
+    parser.add_argument("--no-replay", action="store_true", help="the real searches only, no replay after them")
+    parser.add_argument("--space", choices=("default", "adaptive"), default="default",
+                        help="default: LoRA/RoRA x rank x alpha x lr (docs/benchmarks.md §3); adaptive: AdaLoRA, "
+                             "SoRA, SaLoRA, ALoRA and LoRA, whose budgets settle while they train")
     parser.add_argument("--data", type=Path, default=harness.SST2, help="SST-2 folder (train.tsv, dev.tsv)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the searches' files here")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
@@ -201,17 +303,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     replays = args.replays or (5 if args.quick else REPLAYS)
     if args.replay:
-        kept = sorted(int(p.stem.rsplit("-s", 1)[1]) for p in args.replay.glob(f"{name_of('none', 0)[:-1]}*.yaml"))
-        rows = [row for seed in (args.seeds or kept) for row in replay_rows(seed, args.replay, replays)]
+        pattern = f"{name_of('none', 0, args.space)[:-1]}*.yaml"
+        kept = sorted(int(p.stem.rsplit("-s", 1)[1]) for p in args.replay.glob(pattern))
+        rows = [row for seed in (args.seeds or kept) for row in replay_rows(seed, args.replay, replays, args.space)]
         print_rows(rows)
         return harness.keep(rows, args.json)
     sizes = harness.Sizes(train_examples=64 if args.quick else 1536, eval_examples=32 if args.quick else 256,
                           evaluations=2 if args.quick else 8)
+    if args.space == "adaptive":
+        space, adapter = (QUICK_ADAPTIVE_SPACE if args.quick else ADAPTIVE_SPACE), ADAPTIVE_ADAPTER
+        print_settling(settling(space, adapter, sizes), sizes)
+    else:
+        space, adapter = efficiency.space_of(efficiency.QUICK_CHOICES if args.quick else efficiency.ASHA_CHOICES), None
     # The default-first trial is off: every search draws the same configurations as before this
     # benchmark existed (docs/benchmarks.md §3's ASHA tables), and the stopping is all that differs.
     search = {"sampler": "random", "num_trials": 2 if args.quick else 16, "max_concurrent": 2,
-              "start_with_defaults": False, "space": efficiency.space_of(
-                  efficiency.QUICK_CHOICES if args.quick else efficiency.ASHA_CHOICES)}
+              "start_with_defaults": False, "space": space}
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         if args.workdir:
@@ -220,10 +327,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raysearch-early-stopping-")))
         for seed in seeds:
-            rows += real_rows(seed, args.data, sizes, search, workdir)
-            rows += replay_rows(seed, workdir, replays)
-        print(f"\nmodel {harness.MODEL}, data {args.data}, {sizes.describe()}; space "
-              f"{json.dumps(efficiency.ASHA_CHOICES)}")
+            rows += real_rows(seed, args.data, sizes, search, workdir, args.space, adapter)
+            if not args.no_replay:
+                rows += replay_rows(seed, workdir, replays, args.space)
+        print(f"\nmodel {harness.MODEL}, data {args.data}, {sizes.describe()}; {args.space} space "
+              f"{json.dumps(space)}" + (f"; adapter {json.dumps(adapter)}" if adapter else ""))
         print_rows(rows)
     return harness.keep(rows, args.json)
 

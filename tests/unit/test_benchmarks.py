@@ -135,6 +135,33 @@ def test_early_stopping_replay_compares_asha_and_moasha_on_the_front():
     assert moasha["jittered_targets_met"] == 0.0
 
 
+def test_early_stopping_adaptive_space_settles_its_budgets_between_the_rungs():
+    """--space adaptive: every configuration is valid, and every adaptive one reports an
+    unsettled budget at the first evaluation (so MOASHA skips at least rung 1) and a settled
+    one before the last (so MOASHA can still stop it): otherwise the search tests nothing."""
+    from raysearch.spec import spec_from_dict
+
+    module = load("early_stopping")
+    harness = sys.modules["harness"]
+    sizes = harness.Sizes(train_examples=1536, eval_examples=256, evaluations=8)  # the full run's
+    assert sizes.steps == 96
+    rows = module.settling(module.ADAPTIVE_SPACE, module.ADAPTIVE_ADAPTER, sizes)
+    assert {r["variant"] for r in rows} == {"lora", "adalora", "sora", "salora", "alora_alloc"}
+    for row in rows:
+        if row["variant"] == "lora":
+            assert row["settles_at"] == 0 and row["first_settled_evaluation"] == 1
+        else:
+            assert 12 < row["settles_at"] < 96 and 2 <= row["first_settled_evaluation"] <= 5, row
+    firsts = {r["first_settled_evaluation"] for r in rows if r["variant"] != "lora"}
+    assert firsts == {2, 4, 5}  # judged first at rung 2 (skipping 1) or at rung 4 (skipping 1 and 2)
+    search = {"sampler": "random", "num_trials": 16, "max_concurrent": 2, "start_with_defaults": False,
+              "space": module.ADAPTIVE_SPACE, "early_stopping": {"scheduler": "moasha"}}
+    spec = spec_from_dict(harness.experiment("adaptive", harness.SST2, sizes, search,
+                                             adapter=module.ADAPTIVE_ADAPTER))
+    assert spec.search.early_stopping.scheduler == "moasha"
+    assert module.name_of("none", 3, "adaptive") == "es-adaptive-none-s3" and module.name_of("none", 3) == "es-none-s3"
+
+
 def test_search_vs_default_runs_the_files_default_first():
     """The default run and the search's first trial are the same configuration."""
     module = load("search_vs_default")
@@ -190,6 +217,38 @@ def test_search_efficiency_asha_quick(tmp_path, capsys):
     assert "ranks 1 of 1 by its first val_loss" in out
     # The kept search replays alone, to the same rows.
     assert module.main(["--replay", str(tmp_path), "--replays", "20"]) == replays
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_early_stopping_adaptive_quick(tmp_path, capsys):
+    """--space adaptive --quick: three real 2-trial searches of ALoRA with two rounds, whose
+    budget settles after evaluation 1 of 2; the per-seed table says which target each met."""
+    module = load("early_stopping")
+    rows = module.main(["--quick", "--space", "adaptive", "--no-replay", "--workdir", str(tmp_path)])
+    assert [(r["part"], r["scheduler"]) for r in rows] == [("real", "none"), ("real", "asha"), ("real", "moasha")]
+    assert all(r["trials"] == 2 and r["errored"] == 0 and r["unsettled"] == 2 for r in rows)
+    none, asha, moasha = rows
+    assert none["trial_steps"] == 8 and none["steps_ratio"] == 1.0
+    # MOASHA judges neither trial before its budget settles, at the last evaluation: no stop.
+    # (4 steps may leave every trial at chance: then no front has hypervolume, and hv/none is nan.)
+    assert moasha["trial_steps"] == 8 and moasha["points"] == 0.0
+    for row in rows:
+        assert row["steps_met"] == (row["steps_ratio"] <= 0.5) and row["points_met"] == (row["points"] >= -0.5)
+        assert row["hv_met"] == (row["hv_ratio"] >= 0.95)
+        assert row["targets_met"] == (row["steps_met"] and row["hv_met"] and row["points_met"])
+    assert moasha["steps_met"] is False and moasha["points_met"] is True and moasha["targets_met"] is False
+    out = capsys.readouterr().out
+    assert "alora_rounds=2: step 3, settled from evaluation 2" in out
+    for column in ("unsettled", "steps<=0.5", "hv>=0.95", "best-0.5pt", "all three"):
+        assert column in out
+    assert "moasha: targets met per seed: steps on 0 of 1, hypervolume on " in out
+    assert "best on 1 of 1, all three on 0 of 1; seeds missing one or more: 0" in out
+    assert "replayed on" not in out  # --no-replay
+    # the kept searches replay alone, on the adaptive curves
+    replays = module.main(["--replay", str(tmp_path), "--space", "adaptive", "--replays", "2"])
+    assert {r["part"] for r in replays} == {"replay"} and len(replays) == len(module.REPLAYED)
+    assert all(r["steps_ratio"] == 1.0 for r in replays if r["scheduler"].startswith("moasha"))
 
 
 @pytest.mark.slow
