@@ -52,10 +52,11 @@ def recorded_trial(trial_id: str, config: dict) -> SimpleNamespace:
                            error_file=None, get_error=lambda: None)
 
 
-def record_search(uri: str) -> tuple[MlflowTracking, optuna.Study]:
+def record_search(uri: str, metric: str = "val_accuracy", name: str = "browser") -> tuple[MlflowTracking, optuna.Study]:
     """Four trials through MlflowTracking, each with curves; one stopped early. The same
-    trials in an Optuna study (as the search's journal would hold them)."""
-    tracking = MlflowTracking(uri, "browser", OBJECTIVES, {"model": "tiny"})
+    trials in an Optuna study (as the search's journal would hold them). `metric`: the
+    validation objective (a causal-LM search's is val_answer_accuracy)."""
+    tracking = MlflowTracking(uri, name, {metric: "max", "adapter_params": "min"}, {"model": "tiny"})
     tracking.ensure_parent()
     study = optuna.create_study(directions=["maximize", "minimize"])
     for trial_id, variant, rank, lr, accuracy, params, stopped in TRIALS:
@@ -63,7 +64,7 @@ def record_search(uri: str) -> tuple[MlflowTracking, optuna.Study]:
         tracking.on_trial_start(0, [], trial)
         steps = (4,) if stopped else (4, 8, 12)
         for step in steps:
-            trial.last_result = {"step": step, "val_loss": 1.0 - accuracy * step / 12, "val_accuracy": accuracy * step / 12,
+            trial.last_result = {"step": step, "val_loss": 1.0 - accuracy * step / 12, metric: accuracy * step / 12,
                                  "adapter_params": params, "final": step == 12, "scaling_exponent": 0.5 if variant == "rora" else 1.0}
             tracking.on_trial_result(0, [], trial, trial.last_result)
         tracking.on_trial_complete(0, [], trial)
@@ -106,12 +107,13 @@ def open_page(url: str, ready: str, screenshot: Path, timeout_ms: int = 60_000, 
     return errors
 
 
-def test_the_report_shows_front_curves_importance_and_table(tmp_path):
+@pytest.mark.parametrize("metric", ["val_accuracy", "val_answer_accuracy"], ids=["classification", "causal_lm"])
+def test_the_report_shows_front_curves_importance_and_table(tmp_path, metric):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    _, study = record_search(uri)
+    _, study = record_search(uri, metric)
     page = tmp_path / "report.html"
     page.write_text(build_report("browser", search_record(uri, "browser"), study, "http://127.0.0.1:5000"))
-    shot = screenshots(tmp_path) / "report.png"
+    shot = screenshots(tmp_path) / f"report-{metric}.png"
     errors = open_page(page.as_uri(), "table", shot)
     assert errors == [], errors
 
@@ -129,6 +131,30 @@ def test_the_report_shows_front_curves_importance_and_table(tmp_path):
     assert len(drawn) >= 4 and all(count > 0 for count in drawn), drawn  # front, curves, importance bars, slices
     assert any(title.startswith("Pareto front") for title in titles), titles
     assert any("Which hyperparameters mattered" in title for title in titles), titles
+    assert metric in page.read_text()  # the curves and the leaderboard name the search's own metric
+
+
+def test_a_comparisons_plot_draws_a_line_per_value_with_every_cell(tmp_path):
+    """A `search.compare` search's comparison.html (what its MLflow run holds): one line per
+    scaling rule across the ranks, every cell a point, no JavaScript error."""
+    from raysearch.plots import write_comparison
+
+    table = [{"scaling": scaling, "rank": str(rank), "best": best, "spread": 0.01, "seeds": 2, "config": {"lr": "0.001"}}
+             for scaling, rank, best in [("lora", 4, 0.80), ("lora", 64, 0.82), ("rora", 4, 0.81), ("rora", 64, 0.85)]]
+    write_comparison(tmp_path, table, ["scaling", "rank"], "val_accuracy")
+    page = tmp_path / "comparison.html"
+    errors = open_page(page.as_uri(), ".plotly-graph-div", screenshots(tmp_path) / "comparison.png")
+    assert errors == [], errors
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        tab = browser.new_page()
+        tab.goto(page.as_uri())
+        tab.wait_for_selector(".plotly-graph-div .scatterlayer")
+        points = tab.eval_on_selector_all(".scatterlayer .trace", "ts => ts.map(t => t.querySelectorAll('.point').length)")
+        browser.close()
+    assert points == [2, 2], points  # two lines (lora, rora), two ranks each
 
 
 def test_mlflow_ui_opens_on_the_search_runs(tmp_path):
