@@ -43,9 +43,10 @@ test: $(STAMP)
 # Every benchmark's full run, one after another (about 5 h on 2 CPU cores); what each
 # prints is kept in benchmarks/results/<name>.txt, the numbers docs/benchmarks.md quotes.
 # The fair comparisons (cell_study.py, docs/benchmarks.md §4) run one study at a time.
-BENCHMARKS := adapter_step_cost overhead search_efficiency early_stopping search_vs_default rora_rank_sweep smol_table
+BENCHMARKS := adapter_step_cost overhead search_efficiency early_stopping search_vs_default rora_rank_sweep smol_table harness_agreement
 bench: SHELL := /bin/bash
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[harness]"  # lm-evaluation-harness, for harness_agreement
 	mkdir -p benchmarks/results
 	set -o pipefail; for name in $(BENCHMARKS); do \
 	  $(BIN)/python benchmarks/$$name.py | tee benchmarks/results/$$name.txt || exit 1; \

@@ -310,3 +310,22 @@ def test_cell_study_files_are_the_shipped_comparison_spaces():
         assert spec.name == entry.name and spec.task.test_fraction > 0 and spec.search.compare
         assert set(entry.baseline) <= set(spec.search.compare) and spec.search.seeds >= 2, key
         assert spec.search.early_stopping.scheduler == "none", key
+
+
+def test_harness_agreement_hands_the_harness_the_test_splits_items_and_the_arc_prompt(tmp_path):
+    """benchmarks/harness_agreement.py (lm-evaluation-harness itself is an optional extra, not
+    run here): the records it gives the harness are the test split's multiple-choice items,
+    and its task file asks for the harness's ARC prompt with both accuracies."""
+    import yaml
+
+    module = load("harness_agreement")
+    if not (BENCHMARKS.parents[1] / "shared" / "data" / "commonsense").is_dir():
+        pytest.skip("../shared/data/commonsense is not here")
+    exp = module.experiment(["ARC-Easy"], 5)
+    items = module.test_items(exp)
+    assert list(items) == ["ARC-Easy"] and len(items["ARC-Easy"]) == 5
+    assert all(len(i["choices"]) >= 3 and 0 <= i["gold"] < len(i["choices"]) and "Answer1" not in i["question"]
+               for i in items["ARC-Easy"])
+    task = yaml.safe_load(module.TASK_YAML.format(task="t", data=tmp_path / "t.jsonl"))
+    assert task["doc_to_text"] == "Question: {{question}}\nAnswer:" and task["output_type"] == "multiple_choice"
+    assert [m["metric"] for m in task["metric_list"]] == ["acc", "acc_norm"]
