@@ -21,7 +21,7 @@ between two models are paired bootstrap intervals on the same records ("all": we
 that each source counts the same). The zero-shot model is also scored the old way, by the
 likelihood of the label ("answer2"), so the two readings sit side by side.
 
-    python benchmarks/smol_table.py                      # runs the search too (~40 min), then ~40 min
+    python benchmarks/smol_table.py                      # runs the search too (79 min shared), then ~55 min
     python benchmarks/smol_table.py --search commonsense-smol --mlflow-uri sqlite:///mlflow.db   # an existing search
     python benchmarks/smol_table.py --quick              # the plumbing on builtin:tiny-llama, ~2 min
 """

@@ -122,7 +122,7 @@ def choice_problems(path: str, limit: int = 5) -> list[str]:
     multiple choice ("record N: ..."; N counts from 1), at most `limit`; [] when all can. Every
     record is read (json, no model): the LLM-Adapters files take well under a second."""
     from trainables.choices import ChoiceError, read_choice
-    from trainables.instruction_data import read_json_records
+    from trainables.files import read_json_records  # json only: no datasets in the driver
 
     problems = []
     for number, record in enumerate(read_json_records(path), start=1):

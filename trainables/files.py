@@ -1,8 +1,9 @@
-"""Which files a local dataset folder is read from. No heavy imports: the driver's
-preflight (raysearch/preflight.py) uses it before anything starts."""
+"""Which files a local dataset folder is read from, and the records of a JSON file. No heavy
+imports: the driver's preflight (raysearch/preflight.py) uses it before anything starts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 VALIDATION_STEMS = ("validation", "dev", "val")
@@ -34,3 +35,20 @@ def split_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(p for p in path.iterdir() if p.is_file())
     return [f for f in (find_split_file(files, ("train",)), find_split_file(files, VALIDATION_STEMS)) if f is not None]
+
+
+def read_json_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a .json file (a list, one object, or JSON lines) or a .jsonl file."""
+    import json
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if isinstance(records, dict):
+        records = [records]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{str(path)!r}: expected a JSON list of records (objects) or JSON lines")
+    return records

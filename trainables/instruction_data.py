@@ -9,7 +9,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from trainables.data import TestSplit, limit_split, load_hub, load_local, read_file, subsample
-from trainables.files import source_name
+from trainables.files import read_json_records, source_name
 
 INSTRUCTION_FIELDS = ("instruction", "input", "output", "answer", "choices")  # plus `source`, added per source
 # `choices`: a multiple-choice record's options as a JSON list ("" for none); see choices.py.
@@ -114,23 +114,6 @@ def _read_records(path: Path) -> Dataset:
     records = read_json_records(path)
     # Only the instruction fields: other keys may mix types across records.
     return Dataset.from_list([{k: r[k] for k in INSTRUCTION_FIELDS if k in r} for r in map(_explicit_choices, records)])
-
-
-def read_json_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a .json file (a list, one object, or JSON lines) or a .jsonl file."""
-    import json
-
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if isinstance(records, dict):
-        records = [records]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{str(path)!r}: expected a JSON list of records (objects) or JSON lines")
-    return records
 
 
 def _explicit_choices(record: dict[str, Any]) -> dict[str, Any]:
