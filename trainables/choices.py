@@ -11,7 +11,7 @@ A record offers options in one of two ways:
   instruction without its lead-in ("Please choose the correct answer to the question:"), its
   options and its answer-format line.
 
-Scoring (`option_logliks` in tasks.py, the harness's `multiple_choice` output type): the
+Scoring (`CausalLMTask.option_scores` in tasks.py, the harness's `multiple_choice` output type): the
 context is "Question: {question}\\nAnswer:", each option's continuation is " {option}", and
 an option's score is the summed log-probability of its continuation tokens. `acc` takes the
 highest score, `acc_norm` the highest score divided by the option's length in characters
