@@ -45,7 +45,7 @@ def ledger_location(storage_dir: str) -> str:
 
 def write_record(storage_dir: str, record: dict[str, Any]) -> None:
     """Replace one trial's record, atomically: a reader sees the old record or the new one."""
-    storage.replace_text(ledger_location(storage_dir), f"{record['trial_id']}.json", json.dumps(record, default=_plain))
+    storage.write_text(ledger_location(storage_dir), f"{record['trial_id']}.json", json.dumps(record, default=_plain))
 
 
 def read_record(storage_dir: str, trial_id: str) -> dict[str, Any] | None:

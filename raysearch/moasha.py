@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Mapping
 
 import moocore
@@ -163,8 +164,8 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's scheduler checkpoint API: the rungs as JSON."""
-        with open(checkpoint_path, "w") as out:
-            json.dump(self._state(), out)
+        storage.write_text(os.path.dirname(checkpoint_path) or ".", os.path.basename(checkpoint_path),
+                           json.dumps(self._state()))
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as source:
@@ -172,7 +173,7 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def _persist(self) -> None:
         if self.state_file:
-            storage.replace_text(*self.state_file, json.dumps(self._state()))
+            storage.write_text(*self.state_file, json.dumps(self._state()))
 
     def _vector(self, result: Mapping[str, Any]) -> list[float] | None:
         values = [result.get(name) for name in self.metrics]
@@ -258,7 +259,7 @@ class DefaultKeepingASHA(ASHAScheduler):
         if self.state_file and self._size() != before:
             brackets = [[[m, {t: float(v) for t, v in recorded.items()}] for m, recorded in b._rungs]
                         for b in self._brackets]
-            storage.replace_text(*self.state_file, json.dumps({"stopped": self._num_stopped, "brackets": brackets}))
+            storage.write_text(*self.state_file, json.dumps({"stopped": self._num_stopped, "brackets": brackets}))
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._load()

@@ -160,8 +160,7 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
     if storage.kind(storage_dir) == storage.OBJECT_STORE and not journal.exists():
         saved = storage.read_text(storage_dir, storage.JOURNAL)  # the study, copied there when the driver stopped
         if saved is not None:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            journal.write_text(saved)
+            storage.write_text(str(journal.parent), journal.name, saved)
     console.print(f"resuming search [bold]{spec.name}[/] from {storage_dir}, MLflow at "
                   f"{redact(spec.tracking.mlflow_uri)}", highlight=False)
     # Tune brings back the callbacks it saved with the search; this one only closes the runs.

@@ -158,31 +158,27 @@ def _is_under(path: Path, root: Path) -> bool:
 
 
 def write_text(location: str, name: str, text: str) -> None:
-    """Write `location/name` (a local folder, `file://` or an object store)."""
-    path = local_path(location)
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-        return
-    fs, fs_path = _filesystem(location)
-    with fs.open_output_stream(f"{fs_path.rstrip('/')}/{name}") as out:
-        out.write(text.encode())
-
-
-def replace_text(location: str, name: str, text: str) -> None:
-    """Replace `location/name` whole: a reader, or a driver killed mid-write, sees the old text
-    or the new one (a local file: temporary file, fsync, rename; an object store: one PUT)."""
+    """Write `location/name` whole (a local folder, `file://` or an object store). Every file
+    raysearch writes or rewrites goes through here: a reader, or a process killed mid-write,
+    sees the old text or the new one, never a part (a local file: temporary file, fsync,
+    rename; an object store: one PUT)."""
     folder = local_path(location)
     if folder is None:
-        write_text(location, name, text)
+        fs, fs_path = _filesystem(location)
+        with fs.open_output_stream(f"{fs_path.rstrip('/')}/{name}") as out:
+            out.write(text.encode())
         return
     folder.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, folder / name)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, folder / name)
+    except BaseException:  # killed (or failed) before the rename: the old file stands, no litter
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_text(location: str, name: str) -> str | None:
