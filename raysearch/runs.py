@@ -41,6 +41,27 @@ DEFAULT_OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 MAX_TAG_CHARS = 5000
 
 
+def local_store(mlflow_uri: str) -> Path | None:
+    """The file or folder of an MLflow store on this machine (`sqlite:///`, `file:`, a plain
+    path); None for a server or a database elsewhere."""
+    if mlflow_uri.startswith("sqlite:///"):
+        return Path(mlflow_uri.removeprefix("sqlite:///"))
+    if mlflow_uri.startswith("file:"):
+        return Path(mlflow_uri.removeprefix("file:").removeprefix("//"))
+    return Path(mlflow_uri) if "://" not in mlflow_uri else None
+
+
+def reader(mlflow_uri: str) -> MlflowClient:
+    """A client for commands that only read (leaderboard, report, export, evaluate): a local
+    store that does not exist is an error (ValueError, exit 2), not a new empty store created
+    by a command that was only asked to read."""
+    store = local_store(mlflow_uri)
+    if store is not None and not store.exists():
+        raise ValueError(f"no MLflow store at {redact(mlflow_uri)} ({store} does not exist): no search has been "
+                         "recorded there; pass the --mlflow-uri the search ran with")
+    return MlflowClient(tracking_uri=mlflow_uri)
+
+
 def finite(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:  # numpy / torch scalars
@@ -140,7 +161,7 @@ def leaderboard(
     adapter_params. Each row: trial_id, run_id, run_name, status, pareto, the
     objectives, "params" and "metrics" (latest values).
     """
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = reader(mlflow_uri)
     experiment, parent = _latest_search_run(client, mlflow_uri, experiment_name)
     rows = _ranked_rows(client, experiment.experiment_id, parent)
     if pareto_only:
@@ -149,7 +170,7 @@ def leaderboard(
 
 def search_objectives(mlflow_uri: str, experiment_name: str) -> dict[str, str]:
     """The latest search's objectives, name -> max/min, in their order."""
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = reader(mlflow_uri)
     return objectives_of(_latest_search_run(client, mlflow_uri, experiment_name)[1])
 
 
@@ -178,7 +199,7 @@ def download_trial(mlflow_uri: str, row: dict, out_dir: Path) -> tuple[Path, str
     search's experiment file (YAML text) from the parent run."""
     import mlflow.artifacts
 
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = reader(mlflow_uri)
     run = client.get_run(row["run_id"])
     parent_id = run.data.tags.get(TAG_PARENT)
     if not any(a.path == "adapter" for a in client.list_artifacts(row["run_id"])):
@@ -199,7 +220,7 @@ def latest_search(mlflow_uri: str, experiment_name: str) -> tuple[str, str]:
     """(parent run id, experiment file YAML) of the most recent search named `experiment_name`."""
     import mlflow.artifacts
 
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = reader(mlflow_uri)
     parent_id = _latest_search_run(client, mlflow_uri, experiment_name)[1].info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -217,7 +238,7 @@ def search_record(mlflow_uri: str, experiment_name: str) -> dict[str, Any]:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial otherwise
-    client = MlflowClient(tracking_uri=mlflow_uri)
+    client = reader(mlflow_uri)
     experiment, parent = _latest_search_run(client, mlflow_uri, experiment_name)
     objectives = objectives_of(parent)
     rows = _ranked_rows(client, experiment.experiment_id, parent)

@@ -93,6 +93,29 @@ def spec_from_dict(data: dict[str, Any], *, source_name: str = "experiment") -> 
     return _validate(data, f"experiment '{source_name}'", [])
 
 
+def read_experiment_text(path: Path) -> str:
+    """The experiment file's text; SpecError (exit 2, the path and what was expected) for a
+    folder, an unreadable file, bytes that are not UTF-8 text, or an empty file."""
+    source, expected = str(path), "expected an experiment file: YAML text (name:, search:, ...)"
+    if path.is_dir():
+        raise SpecError([Problem("<file>", source, f"is a folder; {expected}")], source)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise SpecError([Problem("<file>", source, f"cannot read the experiment file: {error.strerror or error}")],
+                        source) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SpecError([Problem("<file>", source, f"is not UTF-8 text (byte {error.start} is "
+                                 f"{raw[error.start:error.start + 1]!r}); {expected}")], source) from None
+    if "\x00" in text:
+        raise SpecError([Problem("<file>", source, f"holds NUL bytes, so it is not text; {expected}")], source)
+    if not text.strip() or all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        raise SpecError([Problem("<file>", source, f"is empty (or only comments); {expected}")], source)
+    return text
+
+
 def load_spec(
     path: str | Path,
     overrides: Sequence[str] = (),
@@ -105,10 +128,7 @@ def load_spec(
     """Read, override and validate an experiment file; raises SpecError listing every problem."""
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise SpecError([Problem("<file>", source, f"cannot read the experiment file: {error.strerror or error}")], source) from None
+    text = read_experiment_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -37,6 +37,30 @@ def test_run_with_bad_file_exits_2_and_starts_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("content, says", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "is not UTF-8 text (byte 0 is b'\\x89')"),
+    ("name: caf\u00e9\n".encode("latin-1"), "is not UTF-8 text (byte 9 is b'\\xe9')"),
+    (b"name: x\x00\nsearch: {}\n", "holds NUL bytes"),
+    (b"", "is empty"),
+    (b"\n  \n# only a comment\n", "is empty (or only comments)"),
+    (None, "is a folder"),
+], ids=["binary", "latin-1", "nul", "empty", "comments", "folder"])
+def test_an_experiment_file_that_is_not_yaml_text_exits_2_and_starts_nothing(tmp_path, monkeypatch, content, says):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "experiment.yaml"
+    if content is None:
+        bad.mkdir()
+    else:
+        bad.write_bytes(content)
+    for command in (["run", "--space", str(bad), "--storage", str(tmp_path / "results")], ["validate", str(bad)]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, result.output
+        output = " ".join(result.output.split())
+        assert says in output and str(bad) in output and "expected an experiment file" in output, output
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.yaml"]  # no results, no mlflow.db
+
+
 def test_set_override_is_validated(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(SPACES[0]), "--set", "train.lr=-1"])
     assert result.exit_code == 2 and "train.lr" in result.output
@@ -60,6 +84,7 @@ def test_a_folder_left_by_a_driver_killed_while_starting_is_not_a_search(tmp_pat
     assert has_results(str(folder))
 
 
+@pytest.mark.subprocess
 def test_the_driver_validates_and_starts_without_the_training_libraries(tmp_path):
     """Validating an experiment needs the adapter registry, and nothing may start before it
     is valid, so what that import costs is start-up of every search. PEFT, transformers
