@@ -78,10 +78,19 @@ def dataset_problems(spec: Spec) -> list[Problem]:
             problems.append(Problem(where, source, "no such file or folder. Give an existing .csv/.tsv/.json/.jsonl/"
                                     ".parquet file or a folder with train.* (and validation.*/dev.*), hf:<id>, "
                                     "or builtin:demo"))
+    if not problems:
+        problems.extend(column_problems(spec))
+    if not problems:  # the columns are there: what every row holds
+        problems.extend(record_problems(spec))
     if not problems and spec.task.type == "causal_lm" and spec.task.scoring == "options":
         problems.extend(choice_file_problems(spec))
-    source = spec.task.dataset
-    if problems or spec.task.type != "classification" or not is_local_source(source):
+    return problems
+
+
+def column_problems(spec: Spec) -> list[Problem]:
+    """A local classification file's label and text columns, from its header or first record."""
+    source, problems = spec.task.dataset, []
+    if spec.task.type != "classification" or not is_local_source(source):
         return problems
     path = Path(source).expanduser()
     wanted = [("task.label_field", spec.task.label_field)]
@@ -94,6 +103,29 @@ def dataset_problems(spec: Spec) -> list[Problem]:
             if name not in columns:
                 problems.append(Problem(field, name, f"no column {name!r} in {file}; its columns: "
                                         f"{', '.join(columns)}. Set {field} to one of them."))
+    return problems
+
+
+def record_problems(spec: Spec) -> list[Problem]:
+    """Every row of every local data file the task reads (trainables/records.py): readable,
+    not empty, with the fields the task trains on. Streamed; SST-2's 67k rows take ~0.2 s."""
+    from trainables.contract import data_problems
+
+    task, problems = spec.task, []
+    items = task.dataset if isinstance(task.dataset, list) else [task.dataset]
+    for (where, source), item in zip(dataset_paths(task), items):
+        if not is_local_source(source):
+            continue
+        if task.type == "classification":
+            needs = {"fields": [task.label_field, *(task.text_fields or [])]}
+        elif getattr(item, "instruction", None):  # a labelled table through templates
+            needs = {"fields": [item.label_field], "templates": [item.instruction, item.output],
+                     "label_field": item.label_field, "label_names": item.label_names}
+        else:
+            needs = {"instructions": True}
+        for file in split_files(Path(source).expanduser()):
+            problems.extend(Problem(where, str(file), f"{message}. Nothing was started: fix the file or leave "
+                                    "the source out.") for message in data_problems(str(file), **needs))
     return problems
 
 

@@ -135,10 +135,17 @@ def choice_problems(path: str, limit: int = 5) -> list[str]:
     return problems
 
 
+def data_problems(path: str, **needs: Any) -> list[str]:
+    """Why a local data file cannot feed the task (trainables/records.py, stdlib only)."""
+    from trainables.records import data_problems as problems
+
+    return problems(path, **needs)
+
+
 __all__ = [
     "ADAPTER_PARAMS", "BUDGET_SETTLED", "BUILTIN_MODELS", "CAUSAL_LM_BUILTINS", "CHECKPOINT_PATH", "COMPLETED",
     "DIVERGED", "DIVERGED_STATUS", "EARLY_STOPPED", "EFFECTIVE_LORAPLUS_RATIO", "ERROR", "EVALUATION", "FINAL",
     "FINISHED", "IN_MEMORY_BUILTINS", "PATTERN_NAMES", "PLACEHOLDERS", "RANK_ALLOCATION", "REPORTED", "RESUMED_FROM_STEP",
     "SCALING_EXPONENT", "SCALING_NAMES", "STEP", "TASK_DIMENSIONS", "TEMPLATE_NAMES", "TRAIN_DIMENSIONS", "VAL_LOSS",
-    "check_pattern", "check_template", "choice_problems", "ran_to_the_end", "scaling_exponent", "section_of", "trial_status", "val_metric",
+    "check_pattern", "check_template", "choice_problems", "data_problems", "ran_to_the_end", "scaling_exponent", "section_of", "trial_status", "val_metric",
 ]

@@ -290,3 +290,72 @@ def test_fit_problems_stop_the_cli_with_exit_2(tmp_path, tiny_model_dir):
                       search={"space": dict(SPACE), "objectives": {"val_answer_accuracy": "max"}})
     output = run_bad(tmp_path, data, field="task.type")
     assert "cannot generate" in output
+
+
+# --- what the data files hold (issue 29): every row, before anything starts --------------
+
+INSTRUCTIONS = [{"instruction": "Is water wet?", "output": "the correct answer is true"},
+                {"instruction": "Is fire cold?", "output": "the correct answer is false"}]
+
+
+def causal(dataset: Any, **task: Any) -> dict[str, Any]:
+    return experiment(model="builtin:tiny-llama", task={"type": "causal_lm", "dataset": dataset, **task},
+                      search={"space": dict(SPACE), "objectives": {"val_answer_accuracy": "max", "adapter_params": "min"}})
+
+
+@pytest.mark.parametrize(("rows", "says"), [
+    ([], "has a header and no rows"),
+    ([["good movie", "1"], ["bad movie", "0", "extra"]], "row 3 has 3 fields, the header 2"),
+    ([["good movie", "1"], ["bad movie", ""]], "row 3 has no value for 'label'"),
+    ([["good movie", "1"], ["", "0"]], "row 3 has no value for 'sentence'"),
+], ids=["header-only", "field-too-many", "empty-label", "empty-text"])
+def test_a_table_with_a_bad_row_stops_before_start(tmp_path, rows, says):
+    file = tmp_path / "reviews.csv"
+    file.write_text("\n".join(",".join(row) for row in [["sentence", "label"], *rows]) + "\n")
+    output = run_bad(tmp_path, experiment(task={"dataset": str(file), "text_fields": ["sentence"]}), field="task.dataset")
+    assert says in " ".join(output.split()) and str(file) in output.replace("\n", "")
+
+
+@pytest.mark.parametrize(("records", "says"), [
+    ([], "holds no records"),
+    ([*INSTRUCTIONS, {"instruction": "Is ice hot?"}], "record 3 has no `output`"),
+    ([INSTRUCTIONS[0], {"instruction": " ", "output": "x"}], "record 2 has no `instruction`"),
+    ([INSTRUCTIONS[0], {"question": "Sky?", "choices": ["blue", "green"]}], "record 2 has `choices` but no `answer`"),
+], ids=["no-records", "no-output", "empty-instruction", "choices-without-answer"])
+def test_instruction_records_the_task_cannot_train_on_stop_before_start(tmp_path, records, says):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(INSTRUCTIONS))
+    bad.write_text(json.dumps(records))
+    output = run_bad(tmp_path, causal([str(good), str(bad)]), field="task.dataset[1]")  # the second source named
+    assert says in " ".join(output.split()) and "task.dataset[0]" not in output
+
+
+def test_a_templated_table_with_a_label_its_names_lack_stops_before_start(tmp_path):
+    file = tmp_path / "train.tsv"
+    file.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
+    source = {"path": str(file), "instruction": "Review: {sentence}", "label_names": ["negative", "positive"]}
+    output = run_bad(tmp_path, causal([source]), field="task.dataset[0].path")
+    assert "row 3 has label '7', beyond label_names" in " ".join(output.split())
+    file.write_text("sentence\tlabel\ngood\t1\n")  # a template column the table lacks
+    source["instruction"] = "Review: {review}"
+    output = run_bad(tmp_path, causal([source]), field="task.dataset[0].path")
+    assert "row 2 has no value for 'review'" in " ".join(output.split())
+
+
+def test_a_data_file_that_is_not_utf8_stops_before_start(tmp_path):
+    file = tmp_path / "reviews.csv"
+    file.write_bytes("sentence,label\ncaf\u00e9,1\n".encode("latin-1"))
+    output = run_bad(tmp_path, experiment(task={"dataset": str(file)}), field="task.dataset")
+    assert "is not UTF-8 text" in " ".join(output.split())
+
+
+def test_the_shipped_data_passes_the_record_checks():
+    """Every row of the shared SST-2 and commonsense files passes (and quickly: streamed)."""
+    from trainables.contract import data_problems
+
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip(f"no data at {shared}")
+    assert data_problems(str(shared / "sst2" / "train.tsv"), fields=["sentence", "label"]) == []
+    for file in sorted((shared / "commonsense").glob("*.json")):
+        assert data_problems(str(file), instructions=True) == [], file
