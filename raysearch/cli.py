@@ -53,27 +53,34 @@ def run(
     resume_: bool = typer.Option(False, "--resume", help="Continue this search's earlier results (as `raysearch resume`)"),
 ) -> None:
     """Run a search: Ray Tune + Optuna over the space, each trial a training run (Ray Train for multi-worker)."""
+    from raysearch import api
+
     spec = load_or_exit(space, set_, name=name, num_trials=num_trials, mlflow_uri=mlflow_uri, storage=storage)
-    storage_dir = spec.storage_dir  # a local path or a URI (s3://, gs://, file://)
     overwrite = overwrite or restart
     if resume_ and overwrite:
         fail("give one of --resume and --restart (--overwrite), not both.")
-    if resume_ and has_results(storage_dir):
+    if resume_ and has_results(spec.storage_dir):
         resume_from(spec.name, spec.storage or DEFAULT_STORAGE, mlflow_uri, retry_errored=False)
         return
-    preflight(spec, storage_dir, overwrite)
-
-    from raysearch.cluster import ClusterSetupError
-    from raysearch.search import run_search  # heavy imports only once input is valid
-
     try:
-        run_search(spec, storage_dir, console, overwrite=overwrite)
-    except ClusterSetupError as err:  # raised after joining the cluster, before anything is written
-        fail(str(err))
+        api.check(spec, spec.storage_dir, restart=overwrite)  # before Ray, MLflow or any folder is touched
+        search = api.execute(spec, restart=overwrite, progress=console)
+    except api.RaysearchError as err:
+        report_error(err)
     except KeyboardInterrupt:
-        finish(spec.name, storage_dir, interrupted=True)
-    print_leaderboard(spec.tracking.mlflow_uri, spec.name, pareto=False, top=None)
-    finish(spec.name, storage_dir)
+        finish(spec.name, spec.storage_dir, interrupted=True)
+    print_leaderboard(search.mlflow_uri, search.name, pareto=False, top=None)
+    finish(search.name, search.storage_dir)
+
+
+def report_error(err) -> None:
+    """A RaysearchError as the CLI prints it, then its exit code."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, soft_wrap=True)
+    for line in err.problems:
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(err.exit_code)
 
 
 def finish(name: str, storage_dir: str, interrupted: bool = False) -> None:
@@ -90,37 +97,14 @@ def finish(name: str, storage_dir: str, interrupted: bool = False) -> None:
     raise typer.Exit(code)
 
 
-def preflight(spec, storage_dir: str, overwrite: bool) -> None:
-    """Checks that need the file system, before Ray, MLflow or any folder is touched.
-
-    Nothing is deleted here: `run_search` replaces earlier results (`--overwrite`) only
-    once it has joined Ray and knows the cluster can run the search.
-    """
-    if has_results(storage_dir) and not overwrite:
-        fail(f"storage: results for search '{spec.name}' already exist in {storage_dir}. "
-             "Pass --resume to continue that search, --restart (or --overwrite) to delete them and start "
-             "over, or --name to start a new search.")
-    from raysearch.preflight import machine_problems  # data, model, MLflow, storage, resources
-
-    problems = machine_problems(spec, storage_dir)
-    if problems:
-        count = len(problems)
-        console.print(f"[bold red]{count} problem{'s' if count != 1 else ''} before starting search "
-                      f"'{spec.name}':[/]", highlight=False, soft_wrap=True)
-        for problem in problems:
-            console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(BAD_INPUT)
-
-
 def has_results(storage_dir: str) -> bool:
-    """Whether a search started in `storage_dir` (it writes its experiment file first; a
-    folder without one is what a driver killed while starting Ray left, with nothing in it)."""
-    from raysearch import storage
+    """Whether a search started in `storage_dir` (raysearch.api.has_results)."""
+    from raysearch import api
 
     try:
-        return storage.read_text(storage_dir, storage.EXPERIMENT_FILE) is not None
-    except OSError as err:  # an object store that cannot be reached or read
-        fail(f"storage: cannot read {storage_dir}: {err}")
+        return api.has_results(storage_dir)
+    except api.RaysearchError as err:
+        report_error(err)
         raise
 
 
@@ -141,28 +125,17 @@ def resume(
 
 
 def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_errored: bool) -> None:
-    from raysearch.preflight import machine_problems
-    from raysearch.search import ResumeError, saved_spec
+    from raysearch import api
 
     try:
-        spec = saved_spec(name, storage_root, mlflow_uri)
-    except ResumeError as err:
-        fail(f"resume: {err}")
-    problems = machine_problems(spec, spec.storage_dir)
-    if problems:
-        fail("cannot resume:\n  " + "\n  ".join(str(p) for p in problems))
-
-    from raysearch.cluster import ClusterSetupError
-    from raysearch.search import resume_search
-
-    try:
-        resume_search(spec, spec.storage_dir, console, retry_errored=retry_errored)
-    except ClusterSetupError as err:
-        fail(str(err))
+        search = api.resume_search(name, storage=storage_root, mlflow_uri=mlflow_uri, retry_errored=retry_errored,
+                                   progress=console)
+    except api.RaysearchError as err:
+        report_error(err)
     except KeyboardInterrupt:
-        finish(spec.name, spec.storage_dir, interrupted=True)
-    print_leaderboard(spec.tracking.mlflow_uri, spec.name, pareto=False, top=None)
-    finish(spec.name, spec.storage_dir)
+        finish(name, search_folder(name, storage_root), interrupted=True)
+    print_leaderboard(search.mlflow_uri, search.name, pareto=False, top=None)
+    finish(search.name, search.storage_dir)
 
 
 @app.command()

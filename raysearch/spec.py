@@ -15,8 +15,9 @@ This module reads files and is where callers import the experiment's types from.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 from pydantic import ValidationError
@@ -117,7 +118,7 @@ def read_experiment_text(path: Path) -> str:
 
 
 def load_spec(
-    path: str | Path,
+    path: str | Path | Mapping[str, Any],
     overrides: Sequence[str] = (),
     *,
     name: str | None = None,
@@ -125,19 +126,21 @@ def load_spec(
     mlflow_uri: str | None = None,
     storage: str | None = None,
 ) -> Spec:
-    """Read, override and validate an experiment file; raises SpecError listing every problem."""
-    path = Path(path)
-    source = str(path)
-    text = read_experiment_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SpecError([Problem("<file>", source, f"invalid YAML: {error}")], source) from None
-    if data is None:
-        data = {}
+    """Read, override and validate an experiment file (or its contents as a dict, from Python);
+    raises SpecError listing every problem."""
+    if isinstance(path, Mapping):
+        data, source, stem = copy.deepcopy(dict(path)), "experiment", "experiment"
+    else:
+        path = Path(path)
+        source, stem = str(path), path.stem
+        text = read_experiment_text(path)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise SpecError([Problem("<file>", source, f"invalid YAML: {error}")], source) from None
     if not isinstance(data, dict):
         raise SpecError([Problem("<file>", data, "the top level must be a mapping (name:, search:, ...)")], source)
     options = {"name": name, "search.num_trials": num_trials, "tracking.mlflow_uri": mlflow_uri, "storage": storage}
     problems = _apply_overrides(data, overrides, options)
-    data.setdefault("name", path.stem)
+    data.setdefault("name", stem)
     return _validate(data, source, problems)

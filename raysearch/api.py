@@ -1,0 +1,265 @@
+"""raysearch from Python: the command line's verbs as functions that return objects.
+
+    import raysearch
+    search = raysearch.run("search_spaces/demo.yaml", overrides=["search.num_trials=4"])
+    search.trials()          # every trial: a pandas DataFrame, best first
+    search.best              # the best trial that ran to the end: config, metrics, MLflow run id
+    search.export("out")     # its adapter as plain PEFT, and a file that retrains it
+
+Bad input raises `RaysearchError`, whose `problems` are the lines `raysearch run` prints and
+whose `exit_code` is the one it exits with (2); nothing has been started or written then.
+The CLI (raysearch/cli.py) is a thin layer over these functions. Heavy libraries (Ray, MLflow,
+pandas) load only when a function needs them: `import raysearch` stays quick.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from raysearch.problems import SpecError
+from raysearch.sections import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    import pandas
+    from rich.console import Console
+
+    from raysearch.spec import Spec
+
+BAD_INPUT = 2
+
+
+class RaysearchError(Exception):
+    """Why raysearch did not start (or go on): `problems`, one line each, as the CLI prints
+    them; `exit_code`, what `raysearch` exits with (2: bad input, nothing started)."""
+
+    def __init__(self, message: str, problems: Sequence[Any] = (), exit_code: int = BAD_INPUT) -> None:
+        self.message, self.problems, self.exit_code = message, [str(p) for p in problems], exit_code
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join([self.message, *(f"  {line}" for line in self.problems)])
+
+
+def load(experiment: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), **options: Any) -> Spec:
+    """An experiment (a YAML file's path or its contents as a dict), overridden (`a.b=value`
+    strings) and validated; `options`: name, num_trials, mlflow_uri, storage."""
+    from raysearch.spec import load_spec
+
+    try:
+        return load_spec(experiment, overrides, **options)
+    except SpecError as err:
+        source = "experiment" if isinstance(experiment, Mapping) else str(experiment)
+        raise RaysearchError(f"{source}: invalid experiment file", err.problems) from None
+
+
+@dataclass
+class Trial:
+    """One trial of a search, as MLflow recorded it."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    pareto: bool
+    config: dict[str, Any]
+    metrics: dict[str, float]
+
+
+@dataclass
+class Search:
+    """A search's results: read from its MLflow runs and results folder whenever asked."""
+
+    name: str
+    storage_dir: str
+    mlflow_uri: str
+    objectives: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> dict[str, Any] | None:
+        """How the search ended (raysearch/outcome.py): trials by status, errors by cause."""
+        from raysearch.outcome import read_outcome
+
+        return read_outcome(self.storage_dir)
+
+    @property
+    def exit_code(self) -> int:
+        """What `raysearch run` would exit with: 0, 3 (no trial finished), 130 (interrupted)."""
+        from raysearch.outcome import exit_code
+
+        return exit_code(self.outcome)
+
+    def _rows(self, pareto: bool = False) -> list[dict[str, Any]]:
+        from raysearch.runs import leaderboard as rows
+
+        try:
+            return rows(self.mlflow_uri, self.name, pareto_only=pareto)
+        except ValueError as err:
+            raise RaysearchError(str(err)) from None
+
+    def trials(self, pareto: bool = False) -> pandas.DataFrame:
+        """Every trial (or the Pareto front's), best first: trial_id, run_id, status, pareto,
+        the objectives, then each sampled hyperparameter and each logged metric."""
+        import pandas
+
+        return pandas.DataFrame([_flat(row) for row in self._rows(pareto)])
+
+    @property
+    def front(self) -> pandas.DataFrame:
+        """The Pareto front of the trials that ran to the end."""
+        return self.trials(pareto=True)
+
+    @property
+    def best(self) -> Trial:
+        """The best trial that ran to the end, by the first objective (ties: fewer parameters)."""
+        from raysearch.runs import find_trial
+
+        try:
+            row = find_trial(self.mlflow_uri, self.name, None)
+        except ValueError as err:
+            raise RaysearchError(str(err)) from None
+        return Trial(row["trial_id"], row["run_id"], row["status"], bool(row["pareto"]), dict(row["params"]),
+                     dict(row["metrics"]))
+
+    def export(self, out_dir: str | Path, trial: str | None = None) -> Path:
+        """Write a trial's adapter (`out_dir/adapter`, plain PEFT) and `out_dir/experiment.yaml`,
+        which retrains it; the best trial unless `trial` (id, prefix, run id or run name).
+        Returns the adapter folder."""
+        from raysearch.export import export_trial
+
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise RaysearchError(f"export: {out} exists and is not empty; choose a new folder.")
+        try:
+            return export_trial(self.mlflow_uri, self.name, trial, out)[1]
+        except (ValueError, SpecError) as err:
+            raise RaysearchError(str(err)) from None
+
+    def evaluate(self, trial: str | None = None, *, base: bool = False, data: str | Path | None = None,
+                 scoring: str | None = None, max_examples: int | None = None) -> Any:
+        """Score a trial (the best unless `trial`; `base`: the model without an adapter) on the
+        test split or `data`, as `raysearch evaluate` does (logged on the trial's MLflow run)."""
+        from raysearch.evaluate import evaluate_command
+
+        try:
+            return evaluate_command(self.name, best=trial is None and not base, trial=trial, base=base, adapter=None,
+                                    space=None, data=Path(data) if data else None, scoring=scoring,
+                                    max_examples=max_examples, mlflow_uri=self.mlflow_uri)[1]
+        except (ValueError, SpecError) as err:
+            raise RaysearchError(f"evaluate: {err}") from None
+
+    def report(self, out: str | Path | None = None, mlflow_ui: str = "http://127.0.0.1:5000") -> Path:
+        """Write the search's HTML page (default `<storage>/<name>/report.html`); returns its path."""
+        from raysearch import storage
+        from raysearch.report import write_report
+
+        local = storage.local_path(self.storage_dir)
+        target = Path(out) if out else (local / "report.html" if local is not None else Path(f"{self.name}-report.html"))
+        try:
+            return write_report(self.name, self.storage_dir, self.mlflow_uri, target, mlflow_ui)[0]
+        except ValueError as err:
+            raise RaysearchError(f"report: {err}") from None
+
+
+def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in row.items() if k not in ("params", "metrics")}
+    flat.update({k: v for k, v in row.get("params", {}).items() if k not in flat})
+    flat.update({k: v for k, v in row.get("metrics", {}).items() if k not in flat})
+    return flat
+
+
+def _console(progress: bool | Console) -> Console:
+    from rich.console import Console
+
+    if not isinstance(progress, bool):
+        return progress
+    return Console(quiet=not progress)
+
+
+def has_results(storage_dir: str) -> bool:
+    """Whether a search started in `storage_dir` (it writes its experiment file first; a
+    folder without one is what a driver killed while starting Ray left, with nothing in it)."""
+    from raysearch import storage
+
+    try:
+        return storage.read_text(storage_dir, storage.EXPERIMENT_FILE) is not None
+    except OSError as err:  # an object store that cannot be reached or read
+        raise RaysearchError(f"storage: cannot read {storage_dir}: {err}") from None
+
+
+def check(spec: Spec, storage_dir: str, restart: bool = False) -> None:
+    """What `run` checks on this machine before Ray, MLflow or any folder is touched."""
+    if has_results(storage_dir) and not restart:
+        raise RaysearchError(f"storage: results for search '{spec.name}' already exist in {storage_dir}. "
+                             "Pass --resume to continue that search, --restart (or --overwrite) to delete them "
+                             "and start over, or --name to start a new search.")
+    from raysearch.preflight import machine_problems  # data, model, MLflow, storage, resources
+
+    problems = machine_problems(spec, storage_dir)
+    if problems:
+        count = len(problems)
+        raise RaysearchError(f"{count} problem{'s' if count != 1 else ''} before starting search '{spec.name}':",
+                             problems)
+
+
+def run(experiment: str | Path | Mapping[str, Any], *, overrides: Sequence[str] = (), name: str | None = None,
+        num_trials: int | None = None, mlflow_uri: str | None = None, storage: str | None = None,
+        restart: bool = False, resume: bool = False, progress: bool | Console = True) -> Search:
+    """Run a search (`raysearch run`) and return it once it has ended. `resume`: continue the
+    earlier results of this search if there are any; `restart`: delete them first.
+    `progress`: False for no output, or a rich Console to print to. Ctrl-C stops the search
+    (KeyboardInterrupt, re-raised once what finished is recorded); `resume=True` continues it."""
+    spec = load(experiment, overrides, name=name, num_trials=num_trials, mlflow_uri=mlflow_uri, storage=storage)
+    if resume and restart:
+        raise RaysearchError("give one of resume and restart, not both.")
+    if resume and has_results(spec.storage_dir):
+        return resume_search(spec.name, storage=spec.storage or DEFAULT_STORAGE, mlflow_uri=mlflow_uri,
+                             progress=progress)
+    check(spec, spec.storage_dir, restart)
+    return execute(spec, restart=restart, progress=progress)
+
+
+def execute(spec: Spec, *, restart: bool = False, progress: bool | Console = True) -> Search:
+    """Run a validated experiment that has passed `check` (what `run` does after both)."""
+    from raysearch.cluster import ClusterSetupError
+    from raysearch.search import run_search  # heavy imports only once input is valid
+
+    try:
+        run_search(spec, spec.storage_dir, _console(progress), overwrite=restart)
+    except ClusterSetupError as err:  # raised after joining the cluster, before anything is written
+        raise RaysearchError(str(err)) from None
+    return Search(spec.name, spec.storage_dir, spec.tracking.mlflow_uri, dict(spec.search.objectives))
+
+
+def resume_search(name: str, *, storage: str | None = None, mlflow_uri: str | None = None,
+                  retry_errored: bool = False, progress: bool | Console = True) -> Search:
+    """Continue an interrupted search from its results folder (`raysearch resume`)."""
+    from raysearch.preflight import machine_problems
+    from raysearch.search import ResumeError, saved_spec
+
+    try:
+        spec = saved_spec(name, storage or DEFAULT_STORAGE, mlflow_uri)
+    except ResumeError as err:
+        raise RaysearchError(f"resume: {err}") from None
+    problems = machine_problems(spec, spec.storage_dir)
+    if problems:
+        raise RaysearchError("cannot resume:", problems)
+    from raysearch.cluster import ClusterSetupError
+    from raysearch.search import resume_search as resume_saved
+
+    try:
+        resume_saved(spec, spec.storage_dir, _console(progress), retry_errored=retry_errored)
+    except ClusterSetupError as err:
+        raise RaysearchError(str(err)) from None
+    return Search(spec.name, spec.storage_dir, spec.tracking.mlflow_uri, dict(spec.search.objectives))
+
+
+def load_search(name: str, *, storage: str | None = None, mlflow_uri: str | None = None) -> Search:
+    """A search that ran earlier, from its results folder (`<storage>/<name>`) and MLflow store
+    (default: the one it ran with)."""
+    from raysearch.search import ResumeError, saved_spec
+
+    try:
+        spec = saved_spec(name, storage or DEFAULT_STORAGE, mlflow_uri)
+    except ResumeError as err:
+        raise RaysearchError(str(err)) from None
+    return Search(spec.name, spec.storage_dir, spec.tracking.mlflow_uri, dict(spec.search.objectives))
