@@ -5,7 +5,7 @@ run, not a training per trial: every configuration of a small discrete space (64
 lora/rora x rank 1..128 x lr, alpha 16) is trained once, in this process (the real worker
 loop in Ray Train's local mode), with MiniLM on an SST-2 subsample; its final
 val_accuracy and adapter_params are the table. Then each sampler raysearch builds
-(`raysearch.space.make_sampler`: tpe, nsga2, random) runs an Optuna study over the same
+(`raysearch.tuner.make_sampler`: tpe, nsga2, random) runs an Optuna study over the same
 space (raysearch's define-by-run function) for every seed, each trial looked up in the
 table. Trials run one after another (a real search with max_concurrent > 1 proposes some
 trials before earlier ones finish). TPE's first 10 trials and NSGA-II's first generation
@@ -64,7 +64,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from raysearch.pareto import hypervolume  # noqa: E402
-from raysearch.space import define_by_run, make_sampler  # noqa: E402
+from raysearch.space import define_by_run  # noqa: E402
+from raysearch.tuner import make_sampler  # noqa: E402
 from raysearch.spec import spec_from_dict  # noqa: E402
 from trainables.contract import ran_to_the_end, trial_status  # noqa: E402
 

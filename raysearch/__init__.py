@@ -1,6 +1,18 @@
 """raysearch: search LoRA-family adapter configurations with Ray Tune, Optuna and MLflow.
 
-The Python API (raysearch/api.py) is the front door; the `raysearch` command calls it."""
-from raysearch.api import RaysearchError, Search, Trial, load, load_search, resume_search, run
+The Python API (raysearch/api.py) is the front door: `raysearch.run(...)` and the names in
+`__all__` are loaded from it when first used, so that importing a submodule (the CLI, a
+worker) does not import the API, and no module imports its own package's front door."""
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["RaysearchError", "Search", "Trial", "load", "load_search", "resume_search", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from raysearch import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'raysearch' has no attribute {name!r}")

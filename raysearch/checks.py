@@ -10,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 from raysearch.problems import MISSING, Problem, message, unwrap_optional
 from raysearch.sections import (CAUSAL_LM_METRICS, CAUSAL_LM_ONLY, CLASSIFICATION_METRICS, CLASSIFICATION_ONLY,
                                 AdapterSpec, SearchSpec, SourceSpec, Spec, TaskSpec, TrainSpec)
-from raysearch.space import Dimension, grid_points, num_trials_for
+from raysearch.sections import num_trials_for
+from raysearch.space import Dimension, grid_points
 from raysearch.space import when_problems as space_when_problems
 from trainables.contract import CAUSAL_LM_BUILTINS, SEED_DIMENSION, TASK_DIMENSIONS, TRAIN_DIMENSIONS
 

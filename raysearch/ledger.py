@@ -29,7 +29,6 @@ from ray.tune.experiment import Trial
 from ray.tune.search import SearchGenerator
 
 from raysearch import storage
-from raysearch.tuner import tune_path
 
 LEDGER_DIR = "ledger"
 TERMINATED, ERROR = "TERMINATED", "ERROR"
@@ -145,7 +144,7 @@ class RecordingSearchGenerator(SearchGenerator):
 
 def newest_experiment_state(storage_dir: str) -> str | None:
     """The name of Tune's newest saved experiment state in the search's Tune folder, or None."""
-    names = [name for name in storage.list_names(tune_path(storage_dir), suffix=".json")
+    names = [name for name in storage.list_names(storage.tune_path(storage_dir), suffix=".json")
              if name.startswith("experiment_state-")]
     return names[-1] if names else None
 
@@ -179,7 +178,7 @@ def reconcile(storage_dir: str) -> dict[str, list[str]]:
     name = newest_experiment_state(storage_dir)
     if not records or name is None:
         return changes
-    location = tune_path(storage_dir)
+    location = storage.tune_path(storage_dir)
     state = json.loads(storage.read_text(location, name))
     saved = {json.loads(entry[0])["trial_id"]: list(entry) for entry in state["trial_data"]}
     for trial_id, record in sorted(records.items()):

@@ -20,12 +20,12 @@ from raysearch.storage import EXPERIMENT_FILE, SEARCH_FILE
 from raysearch.export import experiment_text
 from raysearch.ledger import ledger_location, newest_experiment_state, reconcile
 from raysearch.progress import LiveProgress
-from raysearch.space import num_trials_for
+from raysearch.sections import num_trials_for
 from raysearch.spec import Spec
 from raysearch.redaction import redact
 from raysearch.tracking import MlflowTracking
 from raysearch.resources import init_ray
-from raysearch.tuner import build_tuner, restore_tuner, tune_path
+from raysearch.tuner import build_tuner, restore_tuner
 
 
 
@@ -150,7 +150,7 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
         # report. Start again, keeping the Optuna trials (reused) and the MLflow parent run.
         console.print(f"search [bold]{spec.name}[/] was stopped before Tune first saved its state: starting it "
                       "again, with its Optuna study and MLflow run", highlight=False)
-        for location in (tune_path(storage_dir), ledger_location(storage_dir)):
+        for location in (storage.tune_path(storage_dir), ledger_location(storage_dir)):
             if storage.exists(location):
                 storage.delete(location)
         run_search(spec, storage_dir, console, search_id=search_id)

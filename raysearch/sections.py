@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from raysearch.problems import StrictModel as _Model
-from raysearch.space import Dimension
+from raysearch.space import Dimension, grid_points
 from trainables.contract import SEED_DIMENSION
 
 DEFAULT_STORAGE = "./raysearch_results"
@@ -386,3 +386,14 @@ class Spec(_Model):
         if self.search.seeds > 1 and SEED_DIMENSION not in self.search.space:
             self.search.space[SEED_DIMENSION] = Dimension(choice=[self.train.seed + i for i in range(self.search.seeds)])
         return self
+
+
+def num_trials_for(search: SearchSpec) -> int:
+    """Trials the search will run: cells × trials_per_cell × seeds for a comparison, the grid
+    size for `grid`, else `num_trials`."""
+    if search.compare and search.trials_per_cell:
+        compared = grid_points({name: search.space[name] for name in search.compare if name in search.space})
+        return len(compared) * search.trials_per_cell * search.seeds
+    if search.sampler == "grid":
+        return len(grid_points(search.space))
+    return search.num_trials

@@ -14,7 +14,6 @@ models conditional dimensions without inventing values for inactive ones).
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -23,8 +22,6 @@ from raysearch.problems import Problem, StrictModel
 
 if TYPE_CHECKING:  # optuna is imported where it is used: reading a file should not pay for it
     import optuna
-
-    from raysearch.sections import SearchSpec
 
 SCALAR_TYPES = (str, int, float, bool, type(None))  # what Optuna's suggest_categorical accepts
 
@@ -302,43 +299,6 @@ def default_point(space: dict[str, Dimension], defaults: dict[str, Any]) -> dict
     return point
 
 
-def num_trials_for(search: SearchSpec) -> int:
-    """Trials the search will run: cells × trials_per_cell × seeds for a comparison, the grid
-    size for `grid`, else `num_trials`."""
-    if search.compare and search.trials_per_cell:
-        compared = grid_points({name: search.space[name] for name in search.compare if name in search.space})
-        return len(compared) * search.trials_per_cell * search.seeds
-    if search.sampler == "grid":
-        return len(grid_points(search.space))
-    return search.num_trials
-
-
-def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler for `search.sampler`, seeded with `search.seed`.
-
-    `grid` returns a RandomSampler: the tuner enqueues `grid_points()` as the points to
-    evaluate, and the random sampler only fills the range dimensions. (Optuna's
-    GridSampler cannot express conditional dimensions.)
-    """
-    import optuna
-
-    seed = search.seed
-    if search.sampler == "tpe":
-        # multivariate+group model the joint and conditional structure; constant_liar keeps
-        # concurrent trials from being proposed the same point. All three are "experimental".
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
-    if search.sampler == "nsga2":
-        # Small populations: searches here run tens of trials, not thousands.
-        population = max(2, min(8, search.num_trials))
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
-    if search.sampler in ("random", "grid"):
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"unknown sampler {search.sampler!r}; allowed: tpe, nsga2, random, grid")
-
-
 __all__ = [
     "Dimension",
     "contains",
@@ -347,8 +307,6 @@ __all__ = [
     "dependency_order",
     "grid_points",
     "is_active",
-    "make_sampler",
-    "num_trials_for",
     "sample_config",
     "when_problems",
 ]

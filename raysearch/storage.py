@@ -56,6 +56,11 @@ def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
 
+def tune_path(storage_dir: str) -> str:
+    """The Tune experiment folder of a search (what `Tuner.restore` reads)."""
+    return join(str(storage_dir), "tune")
+
+
 def search_dir(storage_root: str, name: str) -> str:
     """Where search `name` keeps its results: `<storage>/<name>`, a local path made absolute
     (Ray Tune needs one), a URI kept a URI. The one place this is decided."""

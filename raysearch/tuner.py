@@ -4,6 +4,7 @@ The only module that builds Tune objects.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import optuna
@@ -14,7 +15,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysearch import storage
 from raysearch.resources import function_resources
-from raysearch.space import default_point, define_by_run, grid_points, make_sampler, num_trials_for
+from raysearch.sections import SearchSpec, num_trials_for
+from raysearch.space import default_point, define_by_run, grid_points
 from raysearch.cells import CellScheduler, cell_points, state_name
 from raysearch.moasha import DefaultKeepingASHA, MultiObjectiveASHA
 from raysearch.spec import Spec, rung_metrics
@@ -75,6 +77,30 @@ class DivergenceAwareOptunaSearch(OptunaSearch):
         if result and result.get(DIVERGED):
             result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler for `search.sampler`, seeded with `search.seed`.
+
+    `grid` returns a RandomSampler: the tuner enqueues `grid_points()` as the points to
+    evaluate, and the random sampler only fills the range dimensions. (Optuna's
+    GridSampler cannot express conditional dimensions.)
+    """
+    seed = search.seed
+    if search.sampler == "tpe":
+        # multivariate+group model the joint and conditional structure; constant_liar keeps
+        # concurrent trials from being proposed the same point. All three are "experimental".
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            startup = {} if search.startup_trials is None else {"n_startup_trials": search.startup_trials}
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **startup)
+    if search.sampler == "nsga2":
+        # Small populations: searches here run tens of trials, not thousands.
+        population = max(2, min(8, search.num_trials))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+    if search.sampler in ("random", "grid"):
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {search.sampler!r}; allowed: tpe, nsga2, random, grid")
 
 
 def base_config(spec: Spec, storage_dir: str) -> dict[str, Any]:
@@ -262,11 +288,6 @@ def build_trainable(spec: Spec, storage_dir: str) -> Any:
     )
 
 
-def tune_path(storage_dir: str) -> str:
-    """The Tune experiment folder of a search (what `Tuner.restore` reads)."""
-    return storage.join(str(storage_dir), "tune")
-
-
 def restore_tuner(spec: Spec, storage_dir: str, retry_errored: bool = False) -> tune.Tuner:
     """The interrupted search at `storage_dir`, continued where it stopped.
 
@@ -280,7 +301,7 @@ def restore_tuner(spec: Spec, storage_dir: str, retry_errored: bool = False) -> 
     """
     inline = spec.resources.inline
     return tune.Tuner.restore(
-        tune_path(storage_dir),
+        storage.tune_path(storage_dir),
         trainable=build_trainable(spec, storage_dir),
         resume_unfinished=True,
         resume_errored=retry_errored and inline,

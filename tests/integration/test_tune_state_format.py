@@ -12,7 +12,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from raysearch.ledger import _as_ended, _progress, _status, newest_experiment_state, reconcile, write_record
-from raysearch.tuner import tune_path
+from raysearch.storage import tune_path
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from raysearch.cells import CellScheduler, cell_of, cell_points, cells
 from raysearch.runs import cell_table
-from raysearch.space import num_trials_for
+from raysearch.sections import num_trials_for
 from raysearch.spec import SpecError, spec_from_dict
 from raysearch.tuner import build_scheduler
 

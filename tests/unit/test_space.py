@@ -8,7 +8,9 @@ import optuna
 import pytest
 
 import raysearch.checks as checks_module
-from raysearch.space import define_by_run, dependency_order, grid_points, make_sampler, num_trials_for
+from raysearch.sections import num_trials_for
+from raysearch.space import define_by_run, dependency_order, grid_points
+from raysearch.tuner import make_sampler
 from raysearch.sections import SearchSpec
 from raysearch.space import Dimension
 

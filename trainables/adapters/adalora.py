@@ -28,8 +28,9 @@ from torch import nn
 
 from trainables.adapters.base import Options
 from trainables.contract import scaling_exponent
-from trainables.adapters.export import FactoredLoRA, LowRank, live_factors
-from trainables.adapters.lora import TASK_TYPES, LoRA, lora_layers
+from trainables.adapters.export import TASK_TYPES, LowRank, live_factors
+from trainables.adapters.factored import FactoredLoRA
+from trainables.adapters.lora import LoRA, lora_layers
 from trainables.models import classifier_head_names, resolve_target_modules
 
 if TYPE_CHECKING:  # PEFT is imported where a model is built (see lora.py).

@@ -8,17 +8,18 @@ result loads with `PeftModel.from_pretrained` and nothing from raysearch.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterable
+from typing import Iterable
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from trainables.adapters.lora import PEFT_PREFIX, TASK_TYPES, LoRA
+# PEFT's on-disk format: its task types by raysearch task, and the prefix of a saved tensor's key
+TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -108,30 +109,3 @@ def shipped(factors: Iterable[LowRank]) -> list[LowRank]:
 def exported_params(model: nn.Module, factors: Iterable[LowRank]) -> int:
     """What `save_plain_lora` would write, in parameters: live factors + saved heads."""
     return sum(f.numel for f in shipped(factors)) + sum(t.numel() for t in kept_state(model).values())
-
-
-class FactoredLoRA(LoRA):
-    """A variant whose live adapter is a list of low-rank factors it computes itself
-    (`factors(model)`: AdaLoRA's unmasked triplets, the gated variants' open slots): its live
-    parameter count, its rank allocation and its plain-LoRA export all come from those factors,
-    so the three always agree."""
-
-    def factors(self, model: nn.Module) -> list[LowRank]:
-        raise NotImplementedError
-
-    def factor_context(self) -> ContextManager[None]:
-        """Entered around every use of `factors` (AdaLoRA silences PEFT's empty-slice warnings)."""
-        return contextlib.nullcontext()
-
-    def adapter_params(self, model: nn.Module) -> int:
-        with self.factor_context():
-            return exported_params(model, self.factors(model))
-
-    def rank_allocation(self, model: nn.Module) -> dict[str, int]:
-        with self.factor_context():
-            return {f.name: f.rank for f in self.factors(model)}
-
-    def export(self, model: nn.Module, path: Path) -> None:
-        with self.factor_context():
-            save_plain_lora(model, path, self.factors(model), TASK_TYPES[self.task_type],
-                            dropout=float(self.config.get("dropout", 0.0)))

@@ -21,7 +21,8 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from trainables.adapters.export import FactoredLoRA, LowRank, live_factors
+from trainables.adapters.export import LowRank, live_factors
+from trainables.adapters.factored import FactoredLoRA
 from trainables.adapters.lora import LoRA, lora_layers
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainables.adapters.base import COMMON_HYPERPARAMS, Options, peft_scaling_kwargs
+from trainables.adapters.export import PEFT_PREFIX, TASK_TYPES, LowRank, exported_params, save_plain_lora
 from trainables.models import classifier_head_names, resolve_target_modules
 
 # PEFT (and transformers under it) is imported where a model is built, not here: the driver
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from peft import LoraConfig
     from peft.tuners.lora import LoraLayer
 
-TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 # adapter.init -> PEFT's init_lora_weights; pissa and olora change the base weights (the
 # export converts the adapter back to one for the original base: `LoRA.converted`)
 INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "eva": "eva"}
@@ -34,7 +34,6 @@ CHANGES_BASE = ("pissa", "olora")
 # (centred) inputs, an incremental PCA over training batches that stops once they converge; it
 # cycles through this many batches (they repeat if it needs more).
 EVA_BATCHES = 8
-PEFT_PREFIX = "base_model.model."
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -142,8 +141,6 @@ class LoRA:
         """The adapter for the original base when the init changed it: W0 = W_res + s·B0·A0, so
         W_res + s·B·A = W0 + s·[B, −B0]·[A; A0], a LoRA of rank 2r (what PEFT's conversion
         computes; PEFT's own path drops a classifier's saved head, so the rows are built here)."""
-        from trainables.adapters.export import LowRank
-
         out = []
         for name, layer in lora_layers(model):
             A, B = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
@@ -180,8 +177,6 @@ class LoRA:
         from peft import get_peft_model_state_dict
 
         if self.init() in CHANGES_BASE:  # what the export ships: [A; A0] and [B, -B0], rank 2r
-            from trainables.adapters.export import exported_params
-
             return exported_params(model, self.converted(model))
         return sum(t.numel() for t in get_peft_model_state_dict(model).values())
 
@@ -193,8 +188,6 @@ class LoRA:
 
     def export(self, model: nn.Module, path: Path) -> None:
         if self.init() in CHANGES_BASE:
-            from trainables.adapters.export import save_plain_lora
-
             save_plain_lora(model, path, self.converted(model), TASK_TYPES[self.task_type],
                             dropout=float(self.config.get("dropout", 0.0)))
         else:
