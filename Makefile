@@ -17,7 +17,7 @@ export RAY_TRAIN_V2_ENABLED := 1
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-fast test-slow bench clean
 
 install: $(STAMP)
 
@@ -37,8 +37,18 @@ demo: $(STAMP)
 	$(BIN)/raysearch report demo --storage raysearch_results --mlflow-uri sqlite:///mlflow.db
 	@echo "Optuna dashboard: $(BIN)/raysearch dashboard demo --storage raysearch_results  (then http://127.0.0.1:8080)"
 
+# The whole suite but the `slow` tests, whose behaviour faster tests here also check.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout 900
+	$(BIN)/python -m pytest -q --timeout 900 -m "not slow and not gpu"
+
+# The long versions: chaos on a 3-node cluster, 10 seeded kills, the real SmolLM2 trial, ...
+# CI (.ci/run) runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout 900 -m "slow and not gpu"
+
+# A developer's loop: unit tests that start no Ray and no Python process (under 2 minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit -m "not integration and not slow and not subprocess and not gpu"
 
 # Every benchmark's full run, one after another (about 5 h on 2 CPU cores); what each
 # prints is kept in benchmarks/results/<name>.txt, the numbers docs/benchmarks.md quotes.

@@ -15,7 +15,7 @@ from local_cluster import TrialActors, dashboard_url, experiment, fake_autoscali
 from raysearch.cli import app
 from raysearch.cluster import autoscaling_from_status
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 def wait_for_autoscaler(timeout_s: float = 60) -> None:

@@ -29,6 +29,10 @@ from raysearch.ledger import read_records
 from test_resume import RAYSEARCH, child_runs
 from tiny_search import continuation_problems, write_experiment
 
+# slow (make test-slow and CI, not make test): each of its parts is checked faster in make test,
+# a killed trial continuing from its checkpoint (test_killed_workers.py), a killed driver resumed
+# (test_kill_anytime.py), a cluster of several nodes (test_multinode.py, test_autoscaling.py);
+# here they happen together, with a node lost mid-search.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRIALS, EVAL_EVERY, STEPS, KEEP = 6, 4, 72, 2  # 96 examples, batch 8: 12 steps an epoch (STEPS a multiple)
@@ -37,10 +41,11 @@ KILLS_PER_TRIAL, MAX_FAILURES = 4, 8  # retries left for a lost node and a drive
 FINISHED = ("completed", "early_stopped")
 
 
-def trial_processes() -> dict[int, str]:
-    """pid -> trial id of each running inline trial (a Tune function actor: Tune runs it in
-    the trial's folder, `run_trial_<trial id>_...`). Not the processes such an actor forks
-    (they carry its title and folder too, but killing one does not stop the trial)."""
+def trial_processes(trials: set[str]) -> dict[int, str]:
+    """pid -> trial id of each running inline trial whose id is in `trials` (this search's:
+    never another search's on the machine). A trial is a Tune function actor, which Tune runs
+    in a working folder `run_trial_<trial id>_...`. Not the processes such an actor forks (they
+    carry its title and folder too, but killing one does not stop the trial)."""
     found = {}
     for process in psutil.process_iter(["cmdline"]):
         try:
@@ -51,7 +56,7 @@ def trial_processes() -> dict[int, str]:
             folder = Path(process.cwd()).name
         except (psutil.Error, OSError):
             continue
-        if folder.startswith("run_trial_"):
+        if folder.startswith("run_trial_") and folder.removeprefix("run_trial_").split("_")[0] in trials:
             found[process.pid] = folder.removeprefix("run_trial_").split("_")[0]
     return found
 
@@ -80,8 +85,9 @@ class Chaos(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(INTERVAL_S):
             try:
-                processes, steps = trial_processes(), last_steps(self.uri)
-                ended = {trial for trial, record in read_records(str(self.results)).items() if record.get("ended")}
+                records = read_records(str(self.results))
+                processes, steps = trial_processes(set(records)), last_steps(self.uri)
+                ended = {trial for trial, record in records.items() if record.get("ended")}
                 for pid, trial in processes.items():
                     self.seen.setdefault((pid, trial), steps.get(trial, 0))
                 if self.rng.random() < KILL_PROBABILITY:

@@ -28,16 +28,16 @@ from tiny_search import continuation_problems, write_experiment
 pytestmark = pytest.mark.integration
 
 TRIALS, EVAL_EVERY, STEPS = 5, 4, 72  # 96 examples, batch 8: 12 steps an epoch, 6 epochs
-KILLS, SEED = 10, int(os.environ.get("RAYSEARCH_KILL_SEED", "17"))  # another seed: other moments
+SEED = int(os.environ.get("RAYSEARCH_KILL_SEED", "17"))  # another seed: other moments
 FINISHED = ("completed", "early_stopped")
 
 
-def kill_plan(seed: int) -> list[tuple[str, float]]:
-    """(trigger, delay) for each kill: "ended", "created" and "midway" twice each, the rest
-    random delays after the (re)start, in a seeded order."""
+def kill_plan(seed: int, kills: int) -> list[tuple[str, float]]:
+    """(trigger, delay) for each kill: "ended", "created" and "midway" once each (twice each
+    from 6 kills on), the rest random delays after the (re)start, in a seeded order."""
     rng = random.Random(seed)
-    plan = [("ended", 0.0), ("ended", 0.0), ("created", 0.0), ("created", 0.0), ("midway", 0.0), ("midway", 0.0)]
-    plan += [("delay", round(rng.uniform(0.5, 9.0), 2)) for _ in range(KILLS - len(plan))]
+    plan = [("ended", 0.0), ("created", 0.0), ("midway", 0.0)] * (2 if kills >= 6 else 1)
+    plan += [("delay", round(rng.uniform(0.5, 9.0), 2)) for _ in range(kills - len(plan))]
     rng.shuffle(plan)
     return plan
 
@@ -86,7 +86,19 @@ def snapshot(uri: str) -> tuple[dict[str, tuple], dict[str, int]]:
     return finished, last_step
 
 
+def test_killed_at_each_kind_of_moment_resumes_exactly(tmp_path, tiny_model_dir):
+    """4 kills: right after a trial ended, right after one was created, mid-way through a
+    trial, and one random moment (the default run's version of the test below)."""
+    killed_and_resumed(tmp_path, tiny_model_dir, count=4)
+
+
+@pytest.mark.slow
 def test_killed_at_random_moments_resumes_exactly(tmp_path, tiny_model_dir):
+    """10 kills: each kind of moment twice and 4 random ones (make test-slow, CI)."""
+    killed_and_resumed(tmp_path, tiny_model_dir, count=10)
+
+
+def killed_and_resumed(tmp_path: Path, tiny_model_dir: Path, count: int) -> None:
     space = write_experiment(tmp_path / "anytime.yaml", tiny_model_dir, name="anytime", search={
         "sampler": "random", "num_trials": TRIALS, "max_concurrent": 2, "seed": SEED,
         "early_stopping": {"scheduler": "none"},
@@ -101,8 +113,8 @@ def test_killed_at_random_moments_resumes_exactly(tmp_path, tiny_model_dir):
     run = [RAYSEARCH, "run", "--space", str(space), "--storage", str(root), "--mlflow-uri", uri]
     resume = [RAYSEARCH, "resume", "anytime", "--storage", str(root), "--mlflow-uri", uri]
 
-    kills, finished_seen, at_kill = [], {}, []
-    for trigger, delay in kill_plan(SEED):
+    plan, kills, finished_seen, at_kill = kill_plan(SEED, count), [], {}, []
+    for trigger, delay in plan:
         # killed before it wrote anything (while starting Ray), a search is started again
         command = resume if (results / "experiment.yaml").is_file() else run
         started = time.time()

@@ -24,19 +24,25 @@ import pytest
 from tiny_search import checkpoint_step, write_experiment
 from trainables.checkpoint import STATE_FILE
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 RAYSEARCH = str(Path(sys.executable).with_name("raysearch"))
 STEPS = 48  # 96 examples / batch 8 = 12 steps an epoch, 4 epochs
 EVAL_EVERY = 4
 
 
-def processes(title: str) -> list[psutil.Process]:
-    """Ray's worker processes whose title names the actor class `title`."""
+def processes(title: str, root: int) -> list[psutil.Process]:
+    """The worker processes of the Ray that process `root` started (its descendants: the
+    raylet forks them) whose title names the actor class `title`. Never another search's:
+    tests and searches may run beside this one on the machine."""
+    try:
+        descendants = psutil.Process(root).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
     found = []
-    for process in psutil.process_iter(["cmdline"]):
+    for process in descendants:
         try:
-            if title in " ".join(process.info["cmdline"] or []):
+            if title in " ".join(process.cmdline()):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -98,6 +104,7 @@ class Killer(threading.Thread):
     def __init__(self, results: Path, runner: Runner, kills: list[int]) -> None:
         super().__init__(daemon=True)
         self.results, self.runner, self.kills, self.done = results, runner, kills, threading.Event()
+        self.driver: int | None = None  # the `raysearch run` process, once started
         # (trial folder, step of its newest registered checkpoint when killed, of its newest
         # written one then: a retry continues from a step in between)
         self.log: list[tuple[str, int, int]] = []
@@ -112,10 +119,10 @@ class Killer(threading.Thread):
                     runs.append(run)
                     last_seen[run] = None
             for n, run in enumerate(runs):
-                if n >= len(self.kills) or [r for r, *_ in self.log].count(run.name) >= self.kills[n]:
+                if self.driver is None or n >= len(self.kills) or [r for r, *_ in self.log].count(run.name) >= self.kills[n]:
                     continue
                 latest = self.runner.latest(run)
-                workers = [w for w in processes(self.runner.worker_title) if w.pid not in killed]
+                workers = [w for w in processes(self.runner.worker_title, self.driver) if w.pid not in killed]
                 if latest and latest[0] != last_seen[run] and workers and latest[1] + self.runner.ahead < STEPS:
                     last_seen[run] = latest[0]
                     for worker in workers:
@@ -143,12 +150,16 @@ def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(r
     # The first trial loses its worker once (1 retry left: it resumes), the second twice (it errors).
     killer = Killer(results, runner, kills=[1, 2])
     killer.start()
+    driver = subprocess.Popen([RAYSEARCH, "run", "--space", str(space), "--storage", str(results),
+                               "--mlflow-uri", uri], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killer.driver = driver.pid
     try:
-        run = subprocess.run([RAYSEARCH, "run", "--space", str(space), "--storage", str(results),
-                              "--mlflow-uri", uri], env=env, capture_output=True, text=True, timeout=600)
+        stdout, stderr = driver.communicate(timeout=600)
     finally:
         killer.done.set()
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert [n for n, *_ in killer.log].count(killer.log[0][0]) == 1 and len(killer.log) == 3, killer.log
 
     client = mlflow.MlflowClient(uri)

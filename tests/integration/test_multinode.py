@@ -15,7 +15,7 @@ from local_cluster import ROOT, TrialActors, dashboard_port, dashboard_url, expe
 from raysearch.cli import app
 from raysearch.cluster import launch_plan
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 def test_search_submitted_as_a_job_runs_ddp_trials_across_nodes(tmp_path, tiny_model_dir, monkeypatch):

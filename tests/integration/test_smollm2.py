@@ -18,6 +18,8 @@ from trainables import loop
 from trainables.evaluation import evaluate
 from trainables.trial import trial_config
 
+# slow (make test-slow and CI, not make test): the same trial and test-split scoring run on
+# builtin:tiny-llama in test_causal_lm.py, and the GGUF conversion's cache in test_pretrained.py.
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

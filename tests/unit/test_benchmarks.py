@@ -18,6 +18,15 @@ def load(name: str):
     return module
 
 
+@pytest.fixture
+def tiny_harness(tiny_model_dir, monkeypatch):
+    """The benchmarks' searches on the tests' tiny BERT instead of MiniLM: --quick checks that
+    a script runs and what it prints, never its numbers, and MiniLM's forward passes (ALoRA's
+    ablation scores above all) made these tests minutes long."""
+    load("harness")
+    monkeypatch.setattr(sys.modules["harness"], "MODEL", str(tiny_model_dir))
+
+
 def test_adapter_step_cost_quick(capsys):
     from trainables.adapters import ADAPTERS
 
@@ -36,10 +45,10 @@ def test_adapter_step_cost_quick(capsys):
     assert "x LoRA" in capsys.readouterr().out
 
 
-# The in-process benchmarks' quick modes: MiniLM for a couple of steps on a few SST-2 sentences.
+# The in-process benchmarks' quick modes: the tiny BERT for a couple of steps on a few SST-2 sentences.
 
 
-def test_search_efficiency_table_quick(capsys):
+def test_search_efficiency_table_quick(capsys, tiny_harness):
     rows = load("search_efficiency").main(["--quick", "--part", "table"])
     curves = [r for r in rows if r["part"] == "hypervolume"]
     samplers = ("tpe", "nsga2", "random", "tpe/startup=3", "tpe/startup=5")
@@ -52,7 +61,7 @@ def test_search_efficiency_table_quick(capsys):
     assert "lookup table: 4 configurations" in capsys.readouterr().out
 
 
-def test_rora_rank_sweep_quick(tmp_path, capsys):
+def test_rora_rank_sweep_quick(tmp_path, capsys, tiny_harness):
     plot = tmp_path / "sweep.png"
     rows = load("rora_rank_sweep").main(["--quick", "--plot", str(plot)])
     assert {(r["rank"], r["scaling"]) for r in rows} == {(4, "lora"), (4, "rora"), (8, "lora"), (8, "rora")}
@@ -180,12 +189,11 @@ def test_search_vs_default_runs_the_files_default_first():
 
 
 # The quick modes that run `raysearch run`: one Ray start per search costs tens of seconds
-# on 2 cores whatever the trial.
+# on 2 cores whatever the trial. `slow` ones run in `make test-slow` (and CI), not `make test`.
 
 
-@pytest.mark.slow
 @pytest.mark.integration
-def test_overhead_quick(capsys):
+def test_overhead_quick(capsys, tiny_harness):
     rows = load("overhead").main(["--quick"])
     assert [(r["runner"], r["steps"], r["trials"]) for r in rows] == [("inline", 4, 1)]
     segments = rows[0]["segments"]
@@ -201,9 +209,8 @@ def test_overhead_quick(capsys):
     assert "ratio raysearch / plain" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 @pytest.mark.integration
-def test_search_efficiency_asha_quick(tmp_path, capsys):
+def test_search_efficiency_asha_quick(tmp_path, capsys, tiny_harness):
     module = load("search_efficiency")
     rows = module.main(["--quick", "--part", "asha", "--workdir", str(tmp_path)])
     searches = [r for r in rows if r["part"] == "asha"]
@@ -219,9 +226,9 @@ def test_search_efficiency_asha_quick(tmp_path, capsys):
     assert module.main(["--replay", str(tmp_path), "--replays", "20"]) == replays
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # make test: the settling, MOASHA's unsettled trials and the real-search harness, faster
 @pytest.mark.integration
-def test_early_stopping_adaptive_quick(tmp_path, capsys):
+def test_early_stopping_adaptive_quick(tmp_path, capsys, tiny_harness):
     """--space adaptive --quick: three real 2-trial searches of ALoRA with two rounds, whose
     budget settles after evaluation 1 of 2; the per-seed table says which target each met."""
     module = load("early_stopping")
@@ -251,7 +258,6 @@ def test_early_stopping_adaptive_quick(tmp_path, capsys):
     assert all(r["steps_ratio"] == 1.0 for r in replays if r["scheduler"].startswith("moasha"))
 
 
-@pytest.mark.slow
 @pytest.mark.integration
 def test_smol_table_quick(tmp_path, capsys):
     """The held-out table's plumbing on builtin:tiny-llama: a 2-trial search, the plain PEFT

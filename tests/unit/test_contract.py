@@ -32,6 +32,7 @@ def test_scaling_names_and_exponents():
             scaling_exponent(bad)
 
 
+@pytest.mark.subprocess
 def test_the_driver_reads_results_and_files_without_importing_torch():
     """The experiment file, the CLI, the result contract, the scheduler and the MLflow read side
     load without torch (the adapter registry is imported only when a file is validated)."""

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from test_adapters_contract import attached
 from tiny_bert import batch, load_base, logits, train_steps
@@ -41,6 +42,7 @@ print(json.dumps({"logits": out, "ours": ours}))
 """
 
 
+@pytest.mark.subprocess
 def test_every_export_reproduces_the_logits_in_a_process_without_raysearch(tiny_bert_dir, tmp_path):
     """Each variant trained 3 steps (at `scaling: 0.75` where it takes `scaling`, so per-module
     alpha matters), exported, and its eval logits on a held-out batch recorded; the subprocess
