@@ -31,7 +31,7 @@ from tiny_search import continuation_problems, write_experiment
 
 # slow (make test-slow and CI, not make test): each of its parts is checked faster in make test,
 # a killed trial continuing from its checkpoint (test_killed_workers.py), a killed driver resumed
-# (test_kill_anytime.py), a cluster of several nodes (test_multinode.py, test_autoscaling.py);
+# (test_kill_anytime.py), a cluster of several nodes (test_autoscaling.py);
 # here they happen together, with a node lost mid-search.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

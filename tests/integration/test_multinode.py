@@ -15,7 +15,10 @@ from local_cluster import ROOT, TrialActors, dashboard_port, dashboard_url, expe
 from raysearch.cli import app
 from raysearch.cluster import launch_plan
 
-pytestmark = pytest.mark.integration
+# slow (make test-slow and CI, not make test): its parts are checked faster in make test, DDP
+# trials (test_ddp.py), trials placed on another node of a local cluster (test_autoscaling.py),
+# the job submission `raysearch launch` builds (tests/unit/test_cluster.py); here together.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_search_submitted_as_a_job_runs_ddp_trials_across_nodes(tmp_path, tiny_model_dir, monkeypatch):
