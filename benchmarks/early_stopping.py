@@ -95,11 +95,14 @@ ADAPTIVE_ADAPTER = {"alpha": 16, "adalora_tinit": 0.1, "adalora_tfinal": 0.5, "a
 QUICK_ADAPTIVE_SPACE = {"variant": {"choice": ["alora_alloc"]}, "rank": {"choice": [4]}, "lr": {"choice": [4e-3]},
                         "alora_rounds": {"choice": [2], "when": {"variant": ["alora_alloc"]}}}
 
-SCHEDULERS = {  # the real searches: name -> search.early_stopping
+SCHEDULERS = {  # the real searches: name -> search.early_stopping (--schedulers picks; "none" always runs)
     "none": {"scheduler": "none"},
     "asha": {"scheduler": "asha", "metric": "val_loss"},
     "moasha": {"scheduler": "moasha"},
+    "moasha-b2": {"scheduler": "moasha", "brackets": 2},
+    "moasha-b3": {"scheduler": "moasha", "brackets": 3},
 }
+DEFAULT_SCHEDULERS = ["none", "asha", "moasha"]
 REPLAYED = [  # (label, early_stopping) for the replay
     *[(f"asha val_loss eta={eta} g={grace}", {"scheduler": "asha", "metric": "val_loss", "reduction_factor": eta,
                                               "grace_period": grace}) for eta, grace in itertools.product((3, 2), (1, 2))],
@@ -111,6 +114,10 @@ REPLAYED = [  # (label, early_stopping) for the replay
       for eta, grace in itertools.product((3, 2), (1, 2))],
     ("moasha acc+params eta=2 g=1 min_rung_size=1", {"scheduler": "moasha", "reduction_factor": 2, "grace_period": 1,
                                                      "min_rung_size": 1}),
+    *[(f"moasha acc+params eta=2 g=1 brackets={b}", {"scheduler": "moasha", "reduction_factor": 2, "grace_period": 1,
+                                                    "brackets": b}) for b in (2, 3)],
+    ("asha val_loss eta=2 g=1 brackets=2", {"scheduler": "asha", "metric": "val_loss", "reduction_factor": 2,
+                                            "grace_period": 1, "brackets": 2}),
 ]
 SENSES = ["max", "min"]
 STEPS_TARGET, HV_TARGET, POINTS_TARGET = 0.5, 0.95, -0.5
@@ -180,14 +187,22 @@ def measured(label: str, seed: int, steps: int, finished: list[tuple[float, floa
 
 
 def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any], workdir: Path,
-              space: str = "default", adapter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The three real searches of one seed."""
+              space: str = "default", adapter: dict[str, Any] | None = None,
+              schedulers: list[str] | None = None) -> list[dict[str, Any]]:
+    """The real searches of one seed: no stopping, then `schedulers` (default: ASHA and MOASHA).
+    A search without stopping already in `workdir` (an earlier run's, same seed) is reused."""
     runs = {}
-    for scheduler, stopping in SCHEDULERS.items():
+    for scheduler in ["none", *[s for s in schedulers or DEFAULT_SCHEDULERS if s != "none"]]:
+        stopping = SCHEDULERS[scheduler]
         experiment = harness.experiment(name_of(scheduler, seed, space), data, sizes,
                                         {**search, "seed": seed, "early_stopping": stopping}, adapter=adapter)
         print(f"seed {seed}: search with {scheduler} ...", flush=True)
-        run = harness.run_search(experiment, workdir)
+        run = kept_search(experiment, workdir) if scheduler == "none" else None
+        if run is None:
+            run = harness.run_search(experiment, workdir)
+            (workdir / f"{experiment['name']}.wall").write_text(f"{run.wall_s}\n")
+        else:
+            print(f"seed {seed}: the search without stopping kept in {workdir} is reused", flush=True)
         results, errored = efficiency.last_results(run.storage_dir / "tune")
         if errored:
             print(f"WARNING: {errored} trial(s) of {experiment['name']} ended in an error; not a valid comparison")
@@ -208,6 +223,23 @@ def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any
                      "unsettled": run["unsettled"], "wall_s": run["wall_s"],
                      "wall_ratio": run["wall_s"] / runs["none"]["wall_s"]})
     return rows
+
+
+def kept_search(experiment: dict[str, Any], workdir: Path) -> harness.SearchRun | None:
+    """An earlier run's search of this very experiment in `workdir`, finished (its wall time
+    from `<name>.wall`, written after it ran; NaN from a run before that file existed)."""
+    import yaml
+
+    name = experiment["name"]
+    written, state = workdir / f"{name}.yaml", workdir / "results" / name / "tune"
+    if not written.exists() or yaml.safe_load(written.read_text()) != experiment or not state.exists():
+        return None
+    results, errored = efficiency.last_results(state)
+    if errored or len(results) != experiment["search"]["num_trials"]:
+        return None
+    wall = workdir / f"{name}.wall"
+    wall_s = float(wall.read_text()) if wall.exists() else float("nan")
+    return harness.SearchRun(workdir / "results" / name, 0.0, wall_s)
 
 
 def replay_rows(seed: int, workdir: Path, replays: int, space: str = "default") -> list[dict[str, Any]]:
@@ -251,7 +283,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     if real:
         print(f"\nreal searches (targets: steps <= {STEPS_TARGET:.2f} x none, hypervolume >= {HV_TARGET:.2f} x none, "
               f"best accuracy >= {POINTS_TARGET:+.1f} points)")
-        print(f"{'seed':>4} {'scheduler':<8} {'finished':>8} {'unsettled':>9} {'trial-steps':>11} {'steps/none':>10} "
+        print(f"{'seed':>4} {'scheduler':<9} {'finished':>8} {'unsettled':>9} {'trial-steps':>11} {'steps/none':>10} "
               f"{'hv/none':>8} {'best acc':>9} {'points':>7} {'wall/none':>9} {'steps<=0.5':>10} {'hv>=0.95':>8} "
               f"{'best-0.5pt':>10} {'all three':>9}")
 
@@ -259,11 +291,11 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             return "-" if r["scheduler"] == "none" else ("met" if r[key] else "MISSED")
 
         for r in real:
-            print(f"{r['seed']:>4} {r['scheduler']:<8} {r['finished']:>8} {r.get('unsettled', 0):>9} "
+            print(f"{r['seed']:>4} {r['scheduler']:<9} {r['finished']:>8} {r.get('unsettled', 0):>9} "
                   f"{r['trial_steps']:>11} {r['steps_ratio']:>10.2f} {r['hv_ratio']:>8.3f} {r['best_val_accuracy']:>9.4f} "
                   f"{r['points']:>+7.1f} {r['wall_ratio']:>9.2f} {verdict(r, 'steps_met'):>10} "
                   f"{verdict(r, 'hv_met'):>8} {verdict(r, 'points_met'):>10} {verdict(r, 'targets_met'):>9}")
-        for scheduler in [s for s in SCHEDULERS if s != "none"]:
+        for scheduler in [s for s in SCHEDULERS if s != "none" and any(r["scheduler"] == s for r in real)]:
             mine = [r for r in real if r["scheduler"] == scheduler]
             counts = ", ".join(f"{label} on {sum(r[key] for r in mine)} of {len(mine)}"
                                for label, key in (("steps", "steps_met"), ("hypervolume", "hv_met"),
@@ -296,6 +328,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--space", choices=("default", "adaptive"), default="default",
                         help="default: LoRA/RoRA x rank x alpha x lr (docs/benchmarks.md §3); adaptive: AdaLoRA, "
                              "SoRA, SaLoRA, ALoRA and LoRA, whose budgets settle while they train")
+    parser.add_argument("--schedulers", nargs="+", choices=list(SCHEDULERS),
+                        default=None, help=f"the real searches beside no stopping (default: "
+                                           f"{' '.join(DEFAULT_SCHEDULERS[1:])}); a search without stopping "
+                                           "kept in --workdir is reused")
     parser.add_argument("--data", type=Path, default=harness.SST2, help="SST-2 folder (train.tsv, dev.tsv)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the searches' files here")
     parser.add_argument("--json", type=str, default=None, help="also write the rows here")
@@ -327,7 +363,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="raysearch-early-stopping-")))
         for seed in seeds:
-            rows += real_rows(seed, args.data, sizes, search, workdir, args.space, adapter)
+            rows += real_rows(seed, args.data, sizes, search, workdir, args.space, adapter, args.schedulers)
             if not args.no_replay:
                 rows += replay_rows(seed, workdir, replays, args.space)
         print(f"\nmodel {harness.MODEL}, data {args.data}, {sizes.describe()}; {args.space} space "

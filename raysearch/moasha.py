@@ -8,7 +8,12 @@ Ray) ranks the trials at a rung by non-dominated sorting instead. This is that r
 Tune scheduler, through Tune's public `FIFOScheduler` hooks:
 
 - rungs at `grace_period · η^k` evaluations (the loop's `evaluation` count, which survives
-  restarts);
+  restarts); with `brackets` B > 1, Hyperband's remedy for late bloomers (Li et al. 2018;
+  Ray's `AsyncHyperBandScheduler`, Syne Tune's brackets): bracket b's rungs start at
+  `grace_period · η^b`, the trials are dealt to the brackets in turn as they are added
+  (trial n to bracket n mod B, kept in the state file), and a trial is compared only with
+  the trials of its own bracket, so a trial of bracket 1 is never judged on its first
+  evaluations;
 - when a trial first reaches a rung, its vector of `metrics` (at that rung: the live
   `adapter_params` too) is recorded there, and every vector recorded at the rung is
   ordered by Pareto rank (`moocore.pareto_rank`), then inside a front by crowding distance
@@ -116,13 +121,17 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def __init__(self, metrics: Mapping[str, str], time_attr: str = EVALUATION, grace_period: int = 1,
                  reduction_factor: float = 3, max_t: int = 10_000, state_file: tuple[str, str] | None = None,
-                 protected: Mapping[str, Any] | None = None, min_rung_size: int | None = None) -> None:
+                 protected: Mapping[str, Any] | None = None, min_rung_size: int | None = None,
+                 brackets: int = 1) -> None:
         if not metrics or any(sense not in ("max", "min") for sense in metrics.values()):
             raise ValueError(f"metrics must map names to 'max' or 'min', got {dict(metrics)}")
         if grace_period < 1 or reduction_factor <= 1 or max_t < grace_period:
             raise ValueError("need grace_period >= 1, reduction_factor > 1 and max_t >= grace_period")
         if min_rung_size is not None and min_rung_size < 1:
             raise ValueError(f"min_rung_size must be >= 1, got {min_rung_size}")
+        if brackets < 1 or grace_period * reduction_factor ** (brackets - 1) > max_t:
+            raise ValueError(f"need 1 <= brackets and grace_period * reduction_factor ** (brackets - 1) <= max_t, "
+                             f"got brackets={brackets}")
         super().__init__()
         self.metrics = dict(metrics)
         self.time_attr = time_attr
@@ -130,37 +139,58 @@ class MultiObjectiveASHA(FIFOScheduler):
         # None: the rungs where ⌈n/η⌉ would keep a single trial (n <= η)
         self.min_rung_size = min_rung_size if min_rung_size is not None else math.floor(reduction_factor) + 1
         count = int(math.log(max_t / grace_period) / math.log(reduction_factor)) + 1
-        self.milestones = [grace_period * reduction_factor ** k for k in range(count)]
+        # bracket b: the rungs from grace_period * η^b on (bracket 0: all of them)
+        self.bracket_milestones = [[grace_period * reduction_factor ** k for k in range(b, count)]
+                                   for b in range(brackets)]
+        self.milestones = self.bracket_milestones[0]
         self.state_file = state_file  # (folder location, file name); None: kept in memory only
         self.protected = dict(protected) if protected else None  # the file's own configuration
-        self._rungs: dict[float, dict[str, list[float]]] | None = None  # loaded lazily (after a restore)
+        self._brackets: list[dict[float, dict[str, list[float]]]] | None = None  # loaded lazily (after a restore)
+        self.assigned: dict[str, int] = {}  # trial id -> its bracket
         self.stopped = 0
         self.stopped_trials: set[str] = set()
 
     # Tune pickles the scheduler into tuner.pkl when the Tuner is built (before any result) and
     # never saves it again; the rungs live in state_file instead.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_rungs": None}
+        return {**self.__dict__, "_brackets": None}
+
+    @property
+    def brackets(self) -> list[dict[float, dict[str, list[float]]]]:
+        """Each bracket's rungs: milestone -> {trial id: its vector there}."""
+        if self._brackets is None:
+            text = storage.read_text(*self.state_file) if self.state_file else None
+            self._brackets = [{m: {} for m in milestones} for milestones in self.bracket_milestones]
+            if text:
+                self._load(json.loads(text))
+        return self._brackets
 
     @property
     def rungs(self) -> dict[float, dict[str, list[float]]]:
-        if self._rungs is None:
-            text = storage.read_text(*self.state_file) if self.state_file else None
-            self._rungs = {m: {} for m in self.milestones}
-            if text:
-                self._load(json.loads(text))
-        return self._rungs
+        """Bracket 0's rungs (the only ones with `brackets=1`)."""
+        return self.brackets[0]
 
     def _load(self, state: dict[str, Any]) -> None:
-        saved = {float(m): dict(recorded) for m, recorded in state["rungs"].items()}
-        self._rungs = {m: saved.get(float(m), {}) for m in self.milestones}
+        saved = state["brackets"] if "brackets" in state else [state["rungs"]]  # a file from before brackets
+        self._brackets = []
+        for b, milestones in enumerate(self.bracket_milestones):
+            rungs = {float(m): dict(recorded) for m, recorded in (saved[b] if b < len(saved) else {}).items()}
+            self._brackets.append({m: rungs.get(float(m), {}) for m in milestones})
+        self.assigned = {t: int(b) for t, b in state.get("assigned", {}).items() if int(b) < len(self._brackets)}
         self.stopped = state.get("stopped", 0)
         self.stopped_trials = set(state.get("stopped_trials", []))
 
     def _state(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "reduction_factor": self.reduction_factor, "stopped": self.stopped,
-                "stopped_trials": sorted(self.stopped_trials),
-                "rungs": {str(m): recorded for m, recorded in self.rungs.items()}}
+                "stopped_trials": sorted(self.stopped_trials), "assigned": self.assigned,
+                "brackets": [{str(m): recorded for m, recorded in rungs.items()} for rungs in self.brackets]}
+
+    def bracket_of(self, trial_id: str) -> int:
+        """The trial's bracket: the next in turn when it is first seen, then kept."""
+        brackets = self.brackets  # loads the saved assignment first
+        if trial_id not in self.assigned:
+            self.assigned[trial_id] = len(self.assigned) % len(brackets)
+        return self.assigned[trial_id]
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's scheduler checkpoint API: the rungs as JSON."""
@@ -187,7 +217,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         on. A trial is never recorded at a rung below one it is recorded at (it skipped it while
         its budget settled), and a stopped trial stays stopped, with nothing recorded. Results
         without a finite value of every metric, or with an unsettled budget, are not judged."""
-        rungs = self.rungs
+        rungs = self.brackets[self.bracket_of(trial_id)]
         if trial_id in self.stopped_trials:
             return TrialScheduler.STOP
         now, vector = result.get(self.time_attr), self._vector(result)
@@ -208,6 +238,13 @@ class MultiObjectiveASHA(FIFOScheduler):
         self._persist()
         return TrialScheduler.CONTINUE if go_on else TrialScheduler.STOP
 
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        # dealt a bracket in the order trials are added (a resumed trial keeps its own)
+        new = len(self.brackets) > 1 and trial.trial_id not in self.assigned
+        self.bracket_of(trial.trial_id)
+        if new:
+            self._persist()
+
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         return self.decide(trial.trial_id, result, runs_to_the_end(trial, self.protected))
 
@@ -217,7 +254,7 @@ class MultiObjectiveASHA(FIFOScheduler):
             self.decide(trial.trial_id, result, runs_to_the_end(trial, self.protected))
 
     def debug_string(self) -> str:
-        rungs = ", ".join(f"{m:g}: {len(r)}" for m, r in sorted(self.rungs.items()) if r)
+        rungs = "; ".join(", ".join(f"{m:g}: {len(r)}" for m, r in sorted(rungs.items()) if r) for rungs in self.brackets)
         return f"MultiObjectiveASHA on {self.metrics}: {self.stopped} stopped; trials at rungs {{{rungs}}}"
 
 
@@ -226,7 +263,8 @@ class DefaultKeepingASHA(ASHAScheduler):
     recorded at each rung but never stopped (see `runs_to_the_end`), and that, like MOASHA's,
     its rungs are written to `state_file` (atomically) whenever they change and read back
     after a resume (Tune pickles a scheduler once, before any result, and never restores its
-    state)."""
+    state). With `brackets` > 1 a trial's bracket is dealt in turn, as MOASHA's (Tune draws it
+    at random, weighted towards bracket 0), and kept in the state file with the rungs."""
 
     def __init__(self, *args: Any, protected: Mapping[str, Any] | None = None,
                  state_file: tuple[str, str] | None = None, **kwargs: Any) -> None:
@@ -234,6 +272,7 @@ class DefaultKeepingASHA(ASHAScheduler):
         self.protected = dict(protected) if protected else None
         self.state_file = state_file  # (folder location, file name); None: kept in memory only
         self._loaded = False
+        self.assigned: dict[str, int] = {}  # trial id -> index of its bracket
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_loaded": False}
@@ -251,19 +290,28 @@ class DefaultKeepingASHA(ASHAScheduler):
             saved = {float(m): dict(recorded) for m, recorded in rungs}
             bracket._rungs = [(m, saved.get(float(m), {})) for m, _ in bracket._rungs]
         self._num_stopped = state.get("stopped", 0)
+        self.assigned = {t: int(b) for t, b in state.get("assigned", {}).items() if int(b) < len(self._brackets)}
 
     def _size(self) -> tuple[int, int]:
-        return self._num_stopped, sum(len(recorded) for b in self._brackets for _, recorded in b._rungs)
+        return (self._num_stopped, sum(len(recorded) for b in self._brackets for _, recorded in b._rungs),
+                len(self.assigned))
 
-    def _persist(self, before: tuple[int, int]) -> None:
+    def _persist(self, before: tuple[int, int, int]) -> None:
         if self.state_file and self._size() != before:
             brackets = [[[m, {t: float(v) for t, v in recorded.items()}] for m, recorded in b._rungs]
                         for b in self._brackets]
-            storage.write_text(*self.state_file, json.dumps({"stopped": self._num_stopped, "brackets": brackets}))
+            storage.write_text(*self.state_file, json.dumps({"stopped": self._num_stopped, "brackets": brackets,
+                                                             "assigned": self.assigned}))
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._load()
+        before = self._size()
         super().on_trial_add(tune_controller, trial)
+        if len(self._brackets) > 1:
+            if trial.trial_id not in self.assigned:
+                self.assigned[trial.trial_id] = len(self.assigned) % len(self._brackets)
+            self._trial_info[trial.trial_id] = self._brackets[self.assigned[trial.trial_id]]
+            self._persist(before)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         self._load()

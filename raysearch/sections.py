@@ -258,10 +258,11 @@ class EarlyStoppingSpec(_Model):
     and of the best trial in docs/benchmarks.md §3)."""
     min_rung_size: int | None = Field(None, ge=1)
     """MOASHA: while a rung holds fewer trials than this, a trial that is non-dominated among
-    them goes on (only dominated ones stop); from this many on, the better ⌈n/reduction_factor⌉
-    by Pareto rank and crowding. None: ⌊reduction_factor⌋ + 1 (3 at 2), the rungs where
-    ⌈n/reduction_factor⌉ would keep one trial and the first metric alone would choose it; 1: no
-    such guard."""
+    them goes on; from this many on, the better ⌈n/reduction_factor⌉ by Pareto rank and
+    crowding. None: ⌊reduction_factor⌋ + 1 (3 at 2), where ⌈n/η⌉ would keep one trial."""
+    brackets: int = Field(1, ge=1, le=4)
+    """Hyperband brackets: trials are dealt in turn to B brackets, bracket b's first rung at
+    grace_period · reduction_factor^b, each trial judged only within its own (late bloomers)."""
 
 
 def rung_metrics(objectives: dict[str, str], stopping: EarlyStoppingSpec) -> dict[str, str]:

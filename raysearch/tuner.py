@@ -197,7 +197,7 @@ def one_scheduler(spec: Spec, storage_dir: str | None, state: str) -> DefaultKee
     # The loop's own evaluation count: a restarted trial continues it, while Tune's
     # training_iteration starts again at 1 when a resumed search restarts the function.
     clock = {"time_attr": EVALUATION, "grace_period": stopping.grace_period,
-             "reduction_factor": stopping.reduction_factor, "max_t": 10_000}
+             "reduction_factor": stopping.reduction_factor, "max_t": 10_000, "brackets": stopping.brackets}
     kept = {"protected": file_point(spec), "state_file": (str(storage_dir), state) if storage_dir is not None else None}
     if stopping.scheduler == "moasha":
         return MultiObjectiveASHA(rung_metrics(spec.search.objectives, stopping), **clock, **kept,

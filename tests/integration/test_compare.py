@@ -41,7 +41,7 @@ def test_every_cell_gets_its_trials_and_no_trial_is_judged_against_another_cell(
     states = sorted((results / "cmp").glob("moasha-*.json"))
     assert len(states) == 2  # one MOASHA per cell, each with its own rungs
     for state in states:
-        judged = {t for recorded in json.loads(state.read_text())["rungs"].values() for t in recorded}
+        judged = {t for recorded in json.loads(state.read_text())["brackets"][0].values() for t in recorded}
         assert judged and len({cell_of[t] for t in judged}) == 1, (state.name, judged)
 
     parent = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("raysearch.role") == "search")

@@ -70,6 +70,6 @@ def test_tune_calls_on_trial_complete_after_a_stop_and_the_trial_is_recorded_onc
     # Tune's sequence: the STOP at evaluation 4, then on_trial_complete with that same result
     assert ada[-2:] == [("result", "ada", 4, "STOP"), ("complete", "ada", 4, 1)]
     state = json.loads((tmp_path / "moasha.json").read_text())
-    holding_both = [float(m) for m, recorded in state["rungs"].items() if len(recorded) == 2]
+    holding_both = [float(m) for m, recorded in state["brackets"][0].items() if len(recorded) == 2]
     assert holding_both == [4.0]  # lora is at every rung up to 4; ada only at 4, its one decision
     assert state["stopped"] == 1 and len(state["stopped_trials"]) == 1

@@ -64,7 +64,7 @@ def test_search_end_to_end_records_every_trial_in_mlflow(tmp_path, tiny_model_di
     assert any(r.data.tags["raysearch.pareto"] == "true" for r in children)
     # MOASHA judged the trials at its rungs; the front is the non-dominated set of the trials
     # that ran to the end, whatever the stopped ones reported
-    rungs = json.loads((tmp_path / "results" / "itest" / "moasha.json").read_text())["rungs"]
+    rungs = json.loads((tmp_path / "results" / "itest" / "moasha.json").read_text())["brackets"][0]
     judged = {trial for recorded in rungs.values() for trial in recorded}
     assert {r.data.tags["raysearch.trial_id"] for r in children} <= judged
     ran_out = [r for r in children if r.data.tags["raysearch.status"] == "completed"]

@@ -116,7 +116,7 @@ def test_moashas_rungs_survive_a_kill_during_their_rewrite(tmp_path):
     report(scheduler, "t1", 1, 0.6, 100)
     with pytest.raises(Killed), killed_mid_write():
         report(scheduler, "t2", 1, 0.7, 200)
-    assert json.loads((tmp_path / "moasha.json").read_text())["rungs"]["1"] == {"t1": [0.6, 100.0]}
+    assert json.loads((tmp_path / "moasha.json").read_text())["brackets"][0]["1"] == {"t1": [0.6, 100.0]}
     resumed = pickle.loads(pickled)  # a resumed search reads the rungs from the file
     assert resumed.rungs[1] == {"t1": [0.6, 100.0]} and leftovers(tmp_path) == []
 

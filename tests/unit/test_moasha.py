@@ -115,7 +115,8 @@ def test_rungs_survive_a_restart_from_the_state_file(tmp_path):
     pickled = pickle.dumps(scheduler)  # what tuner.pkl holds: no rungs yet
     report(scheduler, "t1", 1, 0.6, 100)
     report(scheduler, "t2", 1, 0.7, 200)
-    assert json.loads((tmp_path / "moasha.json").read_text())["rungs"]["1"] == {"t1": [0.6, 100.0], "t2": [0.7, 200.0]}
+    saved = json.loads((tmp_path / "moasha.json").read_text())
+    assert saved["brackets"][0]["1"] == {"t1": [0.6, 100.0], "t2": [0.7, 200.0]}
 
     resumed = pickle.loads(pickled)
     assert resumed.rungs[1] == scheduler.rungs[1] and resumed.stopped == 1
@@ -370,3 +371,96 @@ def test_the_searchs_folder_keeps_asha_and_moasha_rungs(tmp_path):
     moasha = spec_from_dict({"search": {"space": space}})
     assert build_scheduler(moasha, str(tmp_path)).state_file == (str(tmp_path), "moasha.json")
     assert build_scheduler(asha).state_file is None
+
+
+# Hyperband brackets (issue 27, part 3): late bloomers.
+
+
+def add(scheduler, trial_id):
+    scheduler.on_trial_add(None, FakeTrial(trial_id))
+
+
+def test_brackets_deal_trials_in_turn_and_start_their_rungs_later():
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, brackets=2)
+    assert scheduler.bracket_milestones[0][:3] == [1, 2, 4] and scheduler.bracket_milestones[1][:3] == [2, 4, 8]
+    for trial in ("a", "b", "c", "d"):
+        add(scheduler, trial)
+    assert scheduler.assigned == {"a": 0, "b": 1, "c": 0, "d": 1}
+    # b is in bracket 1: its first evaluation is no rung there, however bad it is
+    assert report(scheduler, "a", 1, 0.3, 100) == GO
+    assert report(scheduler, "c", 1, 0.2, 50) == GO  # dominates a, alone with it at bracket 0's rung
+    assert report(scheduler, "b", 1, 0.9, 900) == GO
+    assert all("b" not in recorded for recorded in scheduler.brackets[0].values())
+    assert scheduler.brackets[1][2] == {}
+    # at evaluation 2 b is judged, and only against the trials of its own bracket
+    assert report(scheduler, "b", 2, 0.8, 900) == GO  # alone in bracket 1's first rung
+    assert report(scheduler, "d", 1, 0.1, 10) == GO
+    assert report(scheduler, "d", 2, 0.05, 10) == GO
+    assert set(scheduler.brackets[1][2]) == {"b", "d"} and "d" not in scheduler.rungs[1]
+
+
+def test_a_late_bloomer_cut_by_one_bracket_survives_in_the_second():
+    def run(brackets):
+        scheduler = MultiObjectiveASHA({"val_accuracy": "max"}, grace_period=1, reduction_factor=2, brackets=brackets,
+                                       min_rung_size=1)
+        for trial in ("early", "late"):
+            add(scheduler, trial)
+        scheduler.on_trial_result(None, FakeTrial("early"), {"evaluation": 1, "val_accuracy": 0.7})
+        return scheduler.on_trial_result(None, FakeTrial("late"), {"evaluation": 1, "val_accuracy": 0.5})
+
+    assert run(1) == STOP  # judged at evaluation 1 beside a faster starter
+    assert run(2) == GO  # in bracket 1, not judged before evaluation 2
+
+
+def test_bracket_assignments_survive_a_restart(tmp_path):
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, brackets=2,
+                                   state_file=(str(tmp_path), "moasha.json"))
+    pickled = pickle.dumps(scheduler)
+    for trial in ("a", "b"):
+        add(scheduler, trial)
+    report(scheduler, "b", 2, 0.5, 100)
+    resumed = pickle.loads(pickled)
+    for trial in ("b", "a", "c"):  # Tune adds the restored trials again, in any order
+        add(resumed, trial)
+    assert resumed.assigned == {"a": 0, "b": 1, "c": 0}
+    assert resumed.brackets[1][2] == {"b": [0.5, 100.0]}
+
+
+def test_a_state_file_from_before_brackets_loads_as_bracket_0(tmp_path):
+    (tmp_path / "moasha.json").write_text(json.dumps({"stopped": 1, "stopped_trials": ["x"],
+                                                      "rungs": {"1": {"x": [0.9, 10.0]}}}))
+    scheduler = MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, state_file=(str(tmp_path), "moasha.json"))
+    assert scheduler.rungs[1] == {"x": [0.9, 10.0]} and scheduler.stopped == 1
+    assert report(scheduler, "x", 2, 0.1, 10) == STOP
+
+
+def test_asha_brackets_are_dealt_in_turn_and_kept_across_a_restart(tmp_path):
+    from raysearch.moasha import DefaultKeepingASHA
+
+    def asha():
+        return DefaultKeepingASHA(metric="val_loss", mode="min", time_attr="evaluation", grace_period=1,
+                                  reduction_factor=2, max_t=100, brackets=2, state_file=(str(tmp_path), "asha.json"))
+
+    scheduler = asha()
+    pickled = pickle.dumps(scheduler)
+    for trial in ("a", "b", "c"):
+        add(scheduler, trial)
+    assert scheduler.assigned == {"a": 0, "b": 1, "c": 0}
+    assert [scheduler._trial_info[t] for t in "abc"] == [scheduler._brackets[i] for i in (0, 1, 0)]
+    assert scheduler.on_trial_result(None, FakeTrial("a"), {"evaluation": 1, "val_loss": 0.1}) == GO
+    # b, in bracket 1, is not judged at evaluation 1 even against a far better a
+    assert scheduler.on_trial_result(None, FakeTrial("b"), {"evaluation": 1, "val_loss": 0.9}) == GO
+    assert scheduler.on_trial_result(None, FakeTrial("c"), {"evaluation": 1, "val_loss": 0.9}) == STOP
+    resumed = pickle.loads(pickled)
+    for trial in ("c", "b", "a"):
+        add(resumed, trial)
+    assert resumed.assigned == {"a": 0, "b": 1, "c": 0}
+
+
+def test_brackets_reach_the_schedulers_from_the_experiment_file():
+    space = {"rank": {"choice": [4, 8]}}
+    two = spec_from_dict({"search": {"space": space, "early_stopping": {"brackets": 2}}})
+    assert len(build_scheduler(two).bracket_milestones) == 2
+    one = spec_from_dict({"search": {"space": space, "objectives": {"val_accuracy": "max"},
+                                     "early_stopping": {"brackets": 3}}})
+    assert len(build_scheduler(one)._brackets) == 3
