@@ -16,6 +16,8 @@ with MiniLM-L6, then:
     python benchmarks/cell_study.py rora        # scaling x rank, 64 trials (~30 min on 2 cores)
     python benchmarks/cell_study.py variants    # the nine variants, 54 trials
     python benchmarks/cell_study.py init        # five initialisations at rank 16, 30 trials
+    python benchmarks/cell_study.py target      # attention vs all linear layers, LoRA r=8, 16 trials
+    python benchmarks/cell_study.py target-smol # the same on SmolLM2 + the commonsense mix, 4 trials
     python benchmarks/cell_study.py rora-smol   # the RoRA question on SmolLM2 + commonsense (~4 h on 2 cores; not run yet)
     python benchmarks/cell_study.py rora --search rora-fair-sst2 --mlflow-uri sqlite:///mlflow.db  # score a finished search
 """
@@ -75,7 +77,25 @@ SMOL_RORA = {
                                      "lr": {"loguniform": [1.0e-4, 3.0e-3]}}},
 }
 
+# Which layers a default adapts (issue 27, part 6): attention projections vs every linear layer,
+# LoRA at the default rank 8, each at its own tuned lr; on SST-2 (4 lrs x 2 seeds a cell) and
+# on the causal-LM mix with SmolLM2 (2 lrs x 1 seed a cell, 40 records a commonsense source:
+# ~25 min on 2 cores).
+TARGET_SPACE = {"target": {"choice": ["attention", "all_linear"]}, "lr": {"loguniform": [1.0e-4, 1.0e-2]}}
+TARGET = {"name": "target-sst2", "adapter.variant": "lora", "adapter.rank": 8, "search.compare": ["target"],
+          "search.space": TARGET_SPACE}
+TARGET_SMOL = {
+    "name": "target-smol", "task.max_train_examples": 40, "task.max_test_examples": 100,
+    "search": {"objectives": {"val_answer_accuracy": "max", "adapter_params": "min"}, "max_concurrent": 2,
+               "early_stopping": {"scheduler": "none"}, "compare": ["target"], "trials_per_cell": 2, "seeds": 1,
+               "space": {"target": {"choice": ["attention", "all_linear"]}, "lr": {"loguniform": [1.0e-4, 2.0e-3]}}},
+}
+
 STUDIES = {
+    "target": Study("variants_fair.yaml", "target-sst2", {"target": "attention"}, overrides=TARGET),
+    "target-smol": Study("commonsense_smol.yaml", "target-smol", {"target": "attention"}, overrides=TARGET_SMOL,
+                         sizes={}, quick={"model": "builtin:tiny-llama", "task.max_train_examples": 8,
+                                          "task.max_eval_examples": 2, "task.max_test_examples": 4}),
     "rora": Study("rank_scaling_fair.yaml", "rora-fair-sst2", {"scaling": "lora"},
                   quick={"search.space.rank": {"choice": [4, 8]}}),
     "variants": Study("variants_fair.yaml", "variants-fair-sst2", {"variant": "lora"}, overrides=FEWER,
