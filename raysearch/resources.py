@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+from pathlib import Path
 
 import ray
 
@@ -78,8 +80,42 @@ def cluster_concurrency(spec: Spec, cluster: ClusterInfo) -> int:
     return min(spec.search.max_concurrent, fits)
 
 
+class _TokenAuthNotice(logging.Filter):
+    """Drops Ray's warning that a new local Ray enabled token authentication: raysearch
+    chooses that mode on purpose (README, "Security defaults")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def local_authentication() -> str:
+    """The token authentication a local Ray starts with: Ray's own default for a new local
+    cluster (token; Ray's notice of it is not printed), unless RAY_AUTH_MODE says otherwise.
+    Where no token is given (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) and none is at Ray's default
+    path (~/.ray/auth_token), one is written there readable by its owner only (Ray's own
+    follows the umask). Ray reads the mode when it is imported and sets it itself for a new
+    local cluster, so the environment is left as it is. Returns the mode."""
+    mode = os.environ.get("RAY_AUTH_MODE", "token").lower()
+    if mode == "token" and not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        path = Path.home() / ".ray" / "auth_token"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another search wrote it just now
+                return mode
+            with os.fdopen(descriptor, "w") as token:
+                token.write(secrets.token_hex(32))
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthNotice) for f in notices.filters):
+        notices.addFilter(_TokenAuthNotice())
+    return mode
+
+
 def init_ray(spec: Spec) -> int:
-    """Start (or join, with RAY_ADDRESS) Ray; returns the trial concurrency to use.
+    """Start (or join, with RAY_ADDRESS) Ray; returns the trial concurrency to use. A local
+    Ray uses token authentication (`local_authentication`); a cluster is joined in the mode
+    RAY_AUTH_MODE names (Ray never turns it on by itself for an explicit address).
 
     On a cluster that has, or may grow, more than one node, refuses (ClusterSetupError,
     Ray shut down again, nothing written) storage or MLflow that only one node can see.
@@ -92,6 +128,7 @@ def init_ray(spec: Spec) -> int:
         else:
             cpus = os.cpu_count() or 1
             concurrency = effective_concurrency(spec, cpus)
+            local_authentication()
             ray.init(
                 # "local": never join a cluster that `ray start` recorded in /tmp/ray.
                 address="local",

@@ -86,3 +86,40 @@ def test_credentials_are_redacted_and_secret_names_masked():
     assert loggable("tracking.mlflow_uri", "https://a:b@h") == "https://***@h"
     params = params_of({"tracking": {"mlflow_uri": "https://a:b@h"}, "api_key": "k", "train": {"lr": 0.1}})
     assert params == {"tracking.mlflow_uri": "https://***@h", "api_key": "***", "train.lr": "0.1"}
+
+
+# Ray's token authentication (issue 29, part 7): decided in code, not by the Makefile.
+
+
+@pytest.fixture
+def ray_home(tmp_path, monkeypatch):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_a_local_ray_uses_token_authentication_with_a_token_only_its_owner_reads(ray_home):
+    import os
+
+    assert resources.local_authentication() == "token" and "RAY_AUTH_MODE" not in os.environ  # Ray sets it
+    token = ray_home / ".ray" / "auth_token"
+    assert len(token.read_text()) == 64 and (token.stat().st_mode & 0o777) == 0o600
+    before = token.read_text()
+    resources.local_authentication()
+    assert token.read_text() == before  # an existing token is kept: a running Ray may use it
+
+
+@pytest.mark.parametrize("setting", [{"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "given"},
+                                     {"RAY_AUTH_TOKEN_PATH": "/somewhere/token"}])
+def test_an_explicit_ray_auth_setting_is_respected_and_nothing_is_written(setting, ray_home, monkeypatch):
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    mode = resources.local_authentication()
+    assert mode == setting.get("RAY_AUTH_MODE", "token")
+    assert not (ray_home / ".ray").exists()
+
+
+def test_the_makefile_leaves_ray_authentication_to_the_code():
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert "RAY_AUTH_MODE" not in makefile
