@@ -117,15 +117,26 @@ def record_problems(spec: Spec) -> list[Problem]:
         if not is_local_source(source):
             continue
         if task.type == "classification":
-            needs = {"fields": [task.label_field, *(task.text_fields or [])]}
+            needs = {"fields": [task.label_field, *(task.text_fields or [])], "label_field": task.label_field}
         elif getattr(item, "instruction", None):  # a labelled table through templates
             needs = {"fields": [item.label_field], "templates": [item.instruction, item.output],
                      "label_field": item.label_field, "label_names": item.label_names}
         else:
             needs = {"instructions": True}
-        for file in split_files(Path(source).expanduser()):
+        files = split_files(Path(source).expanduser())
+        labels: list[set[str]] = []
+        for number, file in enumerate(files):
+            labels.append(set())
+            training = number == 0 and (file == Path(source).expanduser() or file.stem.lower().startswith("train"))
+            split = (task.test_fraction, len(files) > 1) if training else None
             problems.extend(Problem(where, str(file), f"{message}. Nothing was started: fix the file or leave "
-                                    "the source out.") for message in data_problems(str(file), **needs))
+                                    "the source out.")
+                            for message in data_problems(str(file), **needs, split=split, labels=labels[-1]))
+        unseen = sorted(labels[1] - labels[0]) if len(labels) > 1 and task.type == "classification" else []
+        if unseen and not problems:
+            problems.append(Problem(where, str(files[1]), f"labels {unseen[:5]} are not in the training file "
+                                    f"{files[0]} (its labels: {sorted(labels[0])[:10]}): the head would have classes "
+                                    "no trial trains on. Nothing was started: fix the labels."))
     return problems
 
 

@@ -19,9 +19,9 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from trainables.demo_data import demo_split, demo_task
 from trainables.files import SUPPORTED_EXTENSIONS, VALIDATION_STEMS, find_split_file
+from trainables.records import held_out_size, validation_size
 
 AUTO_TEXT_FIELDS: tuple[str | tuple[str, ...], ...] = ("sentence", "text", ("sentence1", "sentence2"), ("question", "passage"))
-VALIDATION_FRACTION = 0.1
 FORMATS_HELP = (
     "expected builtin:demo, hf:<id>[:<config>], a file (.csv, .tsv, .json, .jsonl, .parquet) "
     "or a folder with train.* and validation.*/dev.*/val.* files"
@@ -77,7 +77,7 @@ class TestSplit:
             return train, None
         if len(train) < 3:
             raise ValueError(f"need at least 3 examples to carve a test split, got {len(train)}")
-        n_test = max(1, round(self.fraction * len(train)))
+        n_test = held_out_size(len(train), self.fraction)
         parts = train.train_test_split(test_size=n_test, seed=self.seed)
         return parts["train"], parts["test"]
 
@@ -231,7 +231,7 @@ def read_file(path: Path) -> Dataset:
 def _carve_validation(train: Dataset, seed: int) -> DatasetDict:
     if len(train) < 2:
         raise ValueError(f"need at least 2 examples to carve a validation split, got {len(train)}")
-    n_validation = max(1, round(VALIDATION_FRACTION * len(train)))
+    n_validation = validation_size(len(train))
     parts = train.train_test_split(test_size=n_validation, seed=seed)
     return DatasetDict(train=parts["train"], validation=parts["test"])
 

@@ -359,3 +359,78 @@ def test_the_shipped_data_passes_the_record_checks():
     assert data_problems(str(shared / "sst2" / "train.tsv"), fields=["sentence", "label"]) == []
     for file in sorted((shared / "commonsense").glob("*.json")):
         assert data_problems(str(file), instructions=True) == [], file
+
+
+# The splits the worker carves, labels of one kind, parquet rows (issue 29, part 1).
+
+
+@pytest.mark.parametrize(("rows", "fraction", "says"), [
+    (2, 0.5, "has 2 record(s): carving a test split (task.test_fraction 0.5) needs at least 3"),
+    (3, 0.9, "leaves 0 record(s) after the test split"),
+    (1, 0.0, "leaves 1 record(s) after the test split: carving a validation split needs at least 2"),
+], ids=["too-few-for-a-test-split", "test-takes-everything", "too-few-for-validation"])
+def test_a_file_too_small_for_its_splits_stops_before_start(tmp_path, rows, fraction, says):
+    file = tmp_path / "reviews.csv"
+    file.write_text("sentence,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(rows)))
+    task = {"dataset": str(file), "text_fields": ["sentence"], "test_fraction": fraction}
+    output = run_bad(tmp_path, experiment(task=task), field="task.dataset")
+    assert says in " ".join(output.split())
+
+
+@pytest.mark.parametrize("rows", range(1, 9))
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5, 0.8])
+@pytest.mark.parametrize("validation_file", [False, True])
+def test_the_split_check_agrees_with_the_workers_split(tmp_path, rows, fraction, validation_file):
+    """split_problem says no exactly when the worker's load_local cannot split the file, or leaves
+    a split empty (an independent computation: the worker's own carving)."""
+    from trainables.data import TestSplit, load_local
+    from trainables.records import split_problem
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.csv").write_text("sentence,label\n" + "".join(f"r{i},{i % 2}\n" for i in range(rows)))
+    if validation_file:
+        (folder / "dev.csv").write_text("sentence,label\nv,1\n")
+    try:
+        splits = load_local(str(folder), 0, test=TestSplit(fraction, 0))
+        works = all(len(split) > 0 for split in splits.values())
+    except ValueError:
+        works = False
+    assert (split_problem(rows, fraction, validation_file) is None) == works
+
+
+@pytest.mark.parametrize(("suffix", "content", "says"), [
+    (".csv", "sentence,label\ngood,1\nbad,0\nmeh,positive\n", "row 4 has label 'positive' (text), while row 2's is '1'"),
+    (".json", json.dumps([{"sentence": "good", "label": 1}, {"sentence": "bad", "label": "0"}]),
+     "record 2 has label '0' (str), while record 1's is 1 (number)"),
+], ids=["csv-word-beside-numbers", "json-string-beside-int"])
+def test_labels_of_two_kinds_stop_before_start(tmp_path, suffix, content, says):
+    file = tmp_path / f"reviews{suffix}"
+    file.write_text(content)
+    output = run_bad(tmp_path, experiment(task={"dataset": str(file), "text_fields": ["sentence"]}),
+                     field="task.dataset")
+    assert says in " ".join(output.split())
+
+
+def test_a_validation_label_the_training_file_lacks_stops_before_start(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"r{i}\t{i % 2}\n" for i in range(6)))
+    (folder / "dev.tsv").write_text("sentence\tlabel\nv\t1\nw\t2\n")
+    output = run_bad(tmp_path, experiment(task={"dataset": str(folder), "text_fields": ["sentence"]}),
+                     field="task.dataset")
+    assert "labels ['2'] are not in the training file" in " ".join(output.split())
+
+
+def test_a_parquet_file_is_read_to_its_last_row(tmp_path):
+    import pandas as pd
+
+    file = tmp_path / "reviews.parquet"
+    pd.DataFrame({"sentence": ["good", "bad", "", "fine"], "label": [1, 0, 1, 1]}).to_parquet(file)
+    output = run_bad(tmp_path, experiment(task={"dataset": str(file), "text_fields": ["sentence"]}),
+                     field="task.dataset")
+    assert "row 3 has no value for 'sentence'" in " ".join(output.split())
+    pd.DataFrame({"sentence": pd.Series([], dtype=str), "label": pd.Series([], dtype=int)}).to_parquet(file)
+    output = run_bad(tmp_path, experiment(task={"dataset": str(file), "text_fields": ["sentence"]}),
+                     field="task.dataset")
+    assert "holds no rows" in " ".join(output.split())
