@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from raysearch.spec import Spec
 
 BAD_INPUT = 2
+DEFAULT_MLFLOW = "sqlite:///mlflow.db"
 
 
 class RaysearchError(Exception):
@@ -88,20 +89,10 @@ class Search:
 
         return exit_code(self.outcome)
 
-    def _rows(self, pareto: bool = False) -> list[dict[str, Any]]:
-        from raysearch.runs import leaderboard as rows
-
-        try:
-            return rows(self.mlflow_uri, self.name, pareto_only=pareto)
-        except ValueError as err:
-            raise RaysearchError(str(err)) from None
-
     def trials(self, pareto: bool = False) -> pandas.DataFrame:
         """Every trial (or the Pareto front's), best first: trial_id, run_id, status, pareto,
         the objectives, then each sampled hyperparameter and each logged metric."""
-        import pandas
-
-        return pandas.DataFrame([_flat(row) for row in self._rows(pareto)])
+        return leaderboard(self.name, mlflow_uri=self.mlflow_uri, pareto=pareto)
 
     @property
     def front(self) -> pandas.DataFrame:
@@ -117,52 +108,174 @@ class Search:
             row = find_trial(self.mlflow_uri, self.name, None)
         except ValueError as err:
             raise RaysearchError(str(err)) from None
-        return Trial(row["trial_id"], row["run_id"], row["status"], bool(row["pareto"]), dict(row["params"]),
-                     dict(row["metrics"]))
+        from raysearch.tables import number  # MLflow keeps params as text
+
+        return Trial(row["trial_id"], row["run_id"], row["status"], bool(row["pareto"]),
+                     {k: number(v) for k, v in row["params"].items()}, dict(row["metrics"]))
 
     def export(self, out_dir: str | Path, trial: str | None = None) -> Path:
         """Write a trial's adapter (`out_dir/adapter`, plain PEFT) and `out_dir/experiment.yaml`,
         which retrains it; the best trial unless `trial` (id, prefix, run id or run name).
         Returns the adapter folder."""
-        from raysearch.export import export_trial
-
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise RaysearchError(f"export: {out} exists and is not empty; choose a new folder.")
-        try:
-            return export_trial(self.mlflow_uri, self.name, trial, out)[1]
-        except (ValueError, SpecError) as err:
-            raise RaysearchError(str(err)) from None
+        return export(self.name, out_dir, trial=trial, mlflow_uri=self.mlflow_uri).adapter
 
     def evaluate(self, trial: str | None = None, *, base: bool = False, data: str | Path | None = None,
                  scoring: str | None = None, max_examples: int | None = None) -> Any:
         """Score a trial (the best unless `trial`; `base`: the model without an adapter) on the
         test split or `data`, as `raysearch evaluate` does (logged on the trial's MLflow run)."""
-        from raysearch.evaluate import evaluate_command
-
-        try:
-            return evaluate_command(self.name, best=trial is None and not base, trial=trial, base=base, adapter=None,
-                                    space=None, data=Path(data) if data else None, scoring=scoring,
-                                    max_examples=max_examples, mlflow_uri=self.mlflow_uri)[1]
-        except (ValueError, SpecError) as err:
-            raise RaysearchError(f"evaluate: {err}") from None
+        return evaluate(self.name, best=trial is None and not base, trial=trial, base=base, data=data, scoring=scoring,
+                        max_examples=max_examples, mlflow_uri=self.mlflow_uri).result
 
     def report(self, out: str | Path | None = None, mlflow_ui: str = "http://127.0.0.1:5000") -> Path:
         """Write the search's HTML page (default `<storage>/<name>/report.html`); returns its path."""
-        from raysearch import storage
-        from raysearch.report import write_report
+        return report(self.name, folder=self.storage_dir, out=out, mlflow_uri=self.mlflow_uri, mlflow_ui=mlflow_ui).path
 
-        local = storage.local_path(self.storage_dir)
-        target = Path(out) if out else (local / "report.html" if local is not None else Path(f"{self.name}-report.html"))
-        try:
-            return write_report(self.name, self.storage_dir, self.mlflow_uri, target, mlflow_ui)[0]
-        except ValueError as err:
-            raise RaysearchError(f"report: {err}") from None
+
+# --- the read-only verbs: leaderboard, export, evaluate, report ----------------------------
+
+
+def leaderboard(name: str, *, mlflow_uri: str = DEFAULT_MLFLOW, pareto: bool = False,
+                top: int | None = None) -> pandas.DataFrame:
+    """`raysearch leaderboard`: a search's trials best first (`pareto`: the front of those that
+    ran to the end; `top`: the best N), one row each: trial_id, run_id, status, pareto, the
+    objectives, each sampled hyperparameter (numbers as numbers) and each logged metric."""
+    import pandas
+
+    from raysearch.runs import leaderboard as rows
+
+    try:
+        return pandas.DataFrame([_flat(row) for row in rows(mlflow_uri, name, pareto_only=pareto, top=top)])
+    except ValueError as err:
+        raise RaysearchError(str(err)) from None
+
+
+def cells(name: str, by: Sequence[str], *, mlflow_uri: str = DEFAULT_MLFLOW) -> pandas.DataFrame:
+    """`raysearch leaderboard --by`: each cell's best configuration (the first objective averaged
+    over its seeds), with `trials`, `best`, `spread` over seeds, `seeds`, `config` and
+    `trial_ids`; `attrs` holds the objective and its sense."""
+    import pandas
+
+    from raysearch.runs import cell_table, leaderboard as rows, search_objectives
+
+    try:
+        trials = rows(mlflow_uri, name)
+        known = sorted({k for r in trials for k in r["params"]})
+        unknown = [d for d in by if d not in known]
+        if unknown:
+            raise ValueError(f"--by {','.join(by)}: no trial of search {name!r} has {unknown}; its params: {known}")
+        objective, sense = next(iter(search_objectives(mlflow_uri, name).items()))
+    except ValueError as err:
+        raise RaysearchError(str(err)) from None
+    frame = pandas.DataFrame(cell_table(trials, list(by), objective, sense))
+    frame.attrs.update(objective=objective, sense=sense, by=list(by))
+    return frame
+
+
+@dataclass
+class Exported:
+    """What `export` wrote: the trial's adapter folder and the experiment file that retrains it."""
+
+    trial_id: str
+    status: str
+    adapter: Path
+    experiment: Path
+
+
+def export(name: str, out_dir: str | Path, *, trial: str | None = None, mlflow_uri: str = DEFAULT_MLFLOW) -> Exported:
+    """`raysearch export`: a trial's adapter (plain PEFT) and an experiment file that retrains
+    it, into `out_dir` (new or empty); the best trial that ran to the end unless `trial`."""
+    from raysearch.export import export_trial
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise RaysearchError(f"export: {out} exists and is not empty; choose a new folder.")
+    try:
+        row, adapter, experiment = export_trial(mlflow_uri, name, trial, out)
+    except (ValueError, SpecError) as err:
+        raise RaysearchError(str(err)) from None
+    return Exported(row["trial_id"], row["status"], Path(adapter), Path(experiment))
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` scored (`label`), its result (per-source scores, `overall`, `correct`)
+    and the MLflow run and metric it was recorded as (None for an adapter outside a search)."""
+
+    label: str
+    result: Any
+    run_id: str | None
+    recorded_as: str | None
+
+
+def evaluate(name: str | None = None, *, best: bool = False, trial: str | None = None, base: bool = False,
+             adapter: str | Path | None = None, space: str | Path | None = None, data: str | Path | None = None,
+             scoring: str | None = None, max_examples: int | None = None,
+             mlflow_uri: str = DEFAULT_MLFLOW) -> Evaluation:
+    """`raysearch evaluate`: score a search's trial (`best` or `trial`) or its base model
+    (`base`), or an exported `adapter` (or `base`) with its experiment file `space`, on the
+    test split or on `data`."""
+    chosen = sum([best, trial is not None, base and name is not None])
+    if name is not None and chosen != 1:
+        raise RaysearchError("evaluate: with a search name give exactly one of --best, --trial ID or --base.")
+    if name is not None and (adapter is not None or space is not None):
+        raise RaysearchError("evaluate: give a search name, or --adapter DIR / --base with --space FILE, not both.")
+    if name is None and (space is None or (adapter is None) == (not base) or best or trial is not None):
+        raise RaysearchError("evaluate: give a search name with --best, --trial ID or --base; or --space FILE with "
+                             "--adapter DIR (an exported adapter) or --base.")
+    if scoring is not None and scoring not in ("generate", "loglik", "options"):
+        raise RaysearchError(f"evaluate: --scoring {scoring!r}: allowed: generate, loglik, options.")
+    if max_examples is not None and max_examples <= 0:
+        raise RaysearchError(f"evaluate: --max-examples {max_examples}: must be a positive number.")
+    for option, path in (("--data", data), ("--space", space)):
+        if path is not None and not Path(path).is_file():
+            raise RaysearchError(f"evaluate: {option} {path}: no such file.")
+    if adapter is not None and not Path(adapter).is_dir():
+        raise RaysearchError(f"evaluate: --adapter {adapter}: no such folder.")
+    from raysearch.evaluate import evaluate_command
+
+    try:
+        target, result = evaluate_command(name, best=best, trial=trial, base=base,
+                                          adapter=Path(adapter) if adapter else None,
+                                          space=Path(space) if space else None, data=Path(data) if data else None,
+                                          scoring=scoring, max_examples=max_examples, mlflow_uri=mlflow_uri)
+    except SpecError as err:
+        raise RaysearchError(f"evaluate: invalid experiment file:\n{err}") from None
+    except ValueError as err:
+        raise RaysearchError(f"evaluate: {err}") from None
+    recorded = f"{target.prefix}{result.metric}" if target.run_id is not None else None
+    return Evaluation(target.label, result, target.run_id, recorded)
+
+
+@dataclass
+class Report:
+    """The page `report` wrote, and the search's experiment page in the MLflow UI."""
+
+    path: Path
+    mlflow_page: str
+
+
+def report(name: str, *, storage: str | None = None, folder: str | None = None, out: str | Path | None = None,
+           mlflow_uri: str = DEFAULT_MLFLOW, mlflow_ui: str = "http://127.0.0.1:5000") -> Report:
+    """`raysearch report`: the search's HTML page (default `<storage>/<name>/report.html`), also
+    logged on its MLflow run. `folder`: the search's own folder instead of `storage`."""
+    from raysearch import storage as storages
+    from raysearch.report import write_report
+
+    folder = folder or storages.search_dir(storage or DEFAULT_STORAGE, name)
+    local = storages.local_path(folder)
+    target = Path(out) if out else (local / "report.html" if local is not None else Path(f"{name}-report.html"))
+    try:
+        path, page = write_report(name, folder, mlflow_uri, target, mlflow_ui)
+    except ValueError as err:
+        raise RaysearchError(f"report: {err}") from None
+    return Report(Path(path), page)
 
 
 def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
+    from raysearch.tables import number  # MLflow keeps params as text
+
     flat = {k: v for k, v in row.items() if k not in ("params", "metrics")}
-    flat.update({k: v for k, v in row.get("params", {}).items() if k not in flat})
+    flat.update({k: number(v) for k, v in row.get("params", {}).items() if k not in flat})
     flat.update({k: v for k, v in row.get("metrics", {}).items() if k not in flat})
     return flat
 

@@ -69,7 +69,7 @@ def run(
         report_error(err)
     except KeyboardInterrupt:
         finish(spec.name, spec.storage_dir, interrupted=True)
-    print_leaderboard(search.mlflow_uri, search.name, pareto=False, top=None)
+    print_leaderboard(search)
     finish(search.name, search.storage_dir)
 
 
@@ -134,7 +134,7 @@ def resume_from(name: str, storage_root: str, mlflow_uri: str | None, *, retry_e
         report_error(err)
     except KeyboardInterrupt:
         finish(name, search_folder(name, storage_root), interrupted=True)
-    print_leaderboard(search.mlflow_uri, search.name, pareto=False, top=None)
+    print_leaderboard(search)
     finish(search.name, search.storage_dir)
 
 
@@ -209,15 +209,18 @@ def leaderboard(
                                      "scaling,rank): the best configuration of each cell, mean ± spread over seeds"),
 ) -> None:
     """Ranked table of a search's trials, read from MLflow."""
-    if by:
-        from raysearch.tables import cells_table
+    from raysearch import api
+    from raysearch.tables import cells_table, leaderboard_table
 
-        try:
-            console.print(cells_table(mlflow_uri, name, [d.strip() for d in by.split(",") if d.strip()]))
-        except ValueError as err:
-            fail(str(err))
-        return
-    print_leaderboard(mlflow_uri, name, pareto=pareto, top=top)
+    try:
+        if by:
+            console.print(cells_table(api.cells(name, [d.strip() for d in by.split(",") if d.strip()],
+                                                mlflow_uri=mlflow_uri), name))
+        else:
+            console.print(leaderboard_table(api.leaderboard(name, mlflow_uri=mlflow_uri, pareto=pareto, top=top),
+                                            name, pareto=pareto))
+    except api.RaysearchError as err:
+        report_error(err)
 
 
 def search_folder(name: str, storage_root: str) -> str:
@@ -239,20 +242,15 @@ def report(
 ) -> None:
     """One self-contained HTML page of a search: Pareto front, learning curves, hyperparameter
     importance, rank allocations, leaderboard. Also logged on the search's MLflow run."""
-    from raysearch import storage as storages
-
-    folder = search_folder(name, storage or DEFAULT_STORAGE)
-    local = storages.local_path(folder)
-    target = out or (local / "report.html" if local is not None else Path(f"{name}-report.html"))
-    from raysearch.report import write_report
+    from raysearch import api
 
     try:
-        path, experiment_page = write_report(name, folder, mlflow_uri, target, mlflow_ui)
-    except ValueError as err:
-        fail(f"report: {err}")
-    console.print(f"report: {path} (open it in a browser; also on the search's MLflow run as report.html)",
+        page = api.report(name, storage=storage, out=out, mlflow_uri=mlflow_uri, mlflow_ui=mlflow_ui)
+    except api.RaysearchError as err:
+        report_error(err)
+    console.print(f"report: {page.path} (open it in a browser; also on the search's MLflow run as report.html)",
                   highlight=False, markup=False, soft_wrap=True)
-    console.print(f"MLflow: {experiment_page}  (with `mlflow ui --backend-store-uri {redact(mlflow_uri)}` running)",
+    console.print(f"MLflow: {page.mlflow_page}  (with `mlflow ui --backend-store-uri {redact(mlflow_uri)}` running)",
                   highlight=False, markup=False, soft_wrap=True)
 
 
@@ -291,19 +289,16 @@ def export(
     """Write a trial's adapter (plain PEFT LoRA) and an experiment file that retrains it."""
     if best == (trial is not None):
         fail("export: give exactly one of --best or --trial ID.")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        fail(f"export: {out_dir} exists and is not empty; choose a new folder.")
-    from raysearch.export import export_trial
-    from raysearch.spec import SpecError
+    from raysearch import api
 
     try:
-        row, adapter, path = export_trial(mlflow_uri, name, trial, out_dir)
-    except (ValueError, SpecError) as err:
-        fail(str(err))
-    console.print(f"trial [bold]{row['trial_id']}[/] ({row['status']}): adapter in {adapter}, "
-                  f"retrain with `raysearch run --space {path}`", highlight=False, soft_wrap=True)
+        done = api.export(name, out_dir, trial=trial, mlflow_uri=mlflow_uri)
+    except api.RaysearchError as err:
+        report_error(err)
+    console.print(f"trial [bold]{done.trial_id}[/] ({done.status}): adapter in {done.adapter}, "
+                  f"retrain with `raysearch run --space {done.experiment}`", highlight=False, soft_wrap=True)
     console.print("load it with: PeftModel.from_pretrained(base_model, "
-                  f"'{adapter}')", highlight=False, markup=False, soft_wrap=True)
+                  f"'{done.adapter}')", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -321,35 +316,16 @@ def evaluate(
 ) -> None:
     """Score an adapter (or the bare model) on data the search never saw: the experiment's test
     split (task.test_fraction) or --data FILE. A search's trial gets test_<metric> on its MLflow run."""
-    chosen = sum([best, trial is not None, base and name is not None])
-    if name is not None and chosen != 1:
-        fail("evaluate: with a search name give exactly one of --best, --trial ID or --base.")
-    if name is not None and (adapter is not None or space is not None):
-        fail("evaluate: give a search name, or --adapter DIR / --base with --space FILE, not both.")
-    if name is None and (space is None or (adapter is None) == (not base) or best or trial is not None):
-        fail("evaluate: give a search name with --best, --trial ID or --base; or --space FILE with "
-             "--adapter DIR (an exported adapter) or --base.")
-    if scoring is not None and scoring not in ("generate", "loglik", "options"):
-        fail(f"evaluate: --scoring {scoring!r}: allowed: generate, loglik, options.")
-    if max_examples is not None and max_examples <= 0:
-        fail(f"evaluate: --max-examples {max_examples}: must be a positive number.")
-    for option, path in (("--data", data), ("--space", space)):
-        if path is not None and not path.is_file():
-            fail(f"evaluate: {option} {path}: no such file.")
-    if adapter is not None and not adapter.is_dir():
-        fail(f"evaluate: --adapter {adapter}: no such folder.")
-    from raysearch.evaluate import evaluate_command
+    from raysearch import api
 
     try:
-        target, result = evaluate_command(name, best=best, trial=trial, base=base, adapter=adapter, space=space,
-                                          data=data, scoring=scoring, max_examples=max_examples, mlflow_uri=mlflow_uri)
-    except SpecError as err:
-        fail(f"evaluate: invalid experiment file:\n{err}")
-    except ValueError as err:
-        fail(f"evaluate: {err}")
-    print_evaluation(target.label, result)
-    if target.run_id is not None:
-        console.print(f"recorded as {target.prefix}{result.metric} on MLflow run {target.run_id}", highlight=False)
+        done = api.evaluate(name, best=best, trial=trial, base=base, adapter=adapter, space=space, data=data,
+                            scoring=scoring, max_examples=max_examples, mlflow_uri=mlflow_uri)
+    except api.RaysearchError as err:
+        report_error(err)
+    print_evaluation(done.label, done.result)
+    if done.run_id is not None:
+        console.print(f"recorded as {done.recorded_as} on MLflow run {done.run_id}", highlight=False)
 
 
 def print_evaluation(label: str, result) -> None:
@@ -358,13 +334,15 @@ def print_evaluation(label: str, result) -> None:
     console.print(evaluation_table(label, result))
 
 
-def print_leaderboard(mlflow_uri: str, name: str, *, pareto: bool, top: int | None) -> None:
+def print_leaderboard(search) -> None:
+    """The ended search's trials, best first, under its progress output."""
+    from raysearch import api
     from raysearch.tables import leaderboard_table
 
     try:
-        console.print(leaderboard_table(mlflow_uri, name, pareto=pareto, top=top))
-    except ValueError as err:
-        fail(str(err))
+        console.print(leaderboard_table(search.trials(), search.name, pareto=False))
+    except api.RaysearchError as err:
+        report_error(err)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""The tables raysearch prints in the terminal (rich): a search's leaderboard, read from
-MLflow, and the scores of `raysearch evaluate`."""
+"""The tables raysearch prints in the terminal (rich): a search's leaderboard and cells (the
+DataFrames of raysearch/api.py), and the scores of `raysearch evaluate`."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from raysearch.runs import cell_table, leaderboard as rows_for, search_objectives
+if TYPE_CHECKING:
+    import pandas
 
 
 def evaluation_table(label: str, result: Any) -> Table:
@@ -27,12 +29,11 @@ def evaluation_table(label: str, result: Any) -> Table:
     return table
 
 
-def leaderboard_table(mlflow_uri: str, name: str, *, pareto: bool, top: int | None) -> Table:
-    """The latest search's trials, best first (or its Pareto front); ValueError when there is no such search."""
-    nested = rows_for(mlflow_uri, name, pareto_only=pareto, top=top)
-    # Sampled params win over metrics of the same name (the metric `lr` is the schedule's value).
-    rows = [{**row["metrics"], **{k: number(v) for k, v in row["params"].items()},
-             **{k: v for k, v in row.items() if k not in ("params", "metrics")}} for row in nested]
+def leaderboard_table(trials: pandas.DataFrame, name: str, *, pareto: bool) -> Table:
+    """`raysearch leaderboard`: the rows of `api.leaderboard`, best first (or its Pareto front)."""
+    # a column one trial lacks is NaN in the others' DataFrame row: shown as missing
+    rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+            for r in trials.to_dict("records")]
     # The `pareto` flag comes from runs.rows_of: only trials that ran to the end are on the front.
     title = "Pareto front (finished trials)" if pareto else "leaderboard"
     table = Table(title=f"{name}: {title} ({len(rows)} trials)")
@@ -68,21 +69,16 @@ def fmt(value: object) -> str:
     return str(value)
 
 
-def cells_table(mlflow_uri: str, name: str, by: list[str]) -> Table:
-    """`leaderboard --by`: each cell's best configuration (its objective averaged over seeds),
-    the spread over seeds, and the values it was tuned to (e.g. its lr)."""
-    rows = rows_for(mlflow_uri, name)
-    known = sorted({k for r in rows for k in r["params"]})
-    unknown = [d for d in by if d not in known]
-    if unknown:
-        raise ValueError(f"--by {','.join(by)}: no trial of search {name!r} has {unknown}; its params: {known}")
-    objective, sense = next(iter(search_objectives(mlflow_uri, name).items()))
-    cells = cell_table(rows, by, objective, sense)
+def cells_table(cells: pandas.DataFrame, name: str) -> Table:
+    """`raysearch leaderboard --by`: the rows of `api.cells`, each cell's best configuration
+    (its objective averaged over seeds), the spread over seeds, and the values it was tuned to."""
+    by, objective, sense = cells.attrs["by"], cells.attrs["objective"], cells.attrs["sense"]
+    rows = cells.to_dict("records")
     table = Table(title=f"{name}: best of each cell by {objective} ({sense}), completed trials, mean over seeds")
-    tuned = sorted({k for c in cells for k in c["config"]})
+    tuned = sorted({k for c in rows for k in c["config"]})
     for column in (*by, "trials", objective, "± spread", "seeds", *tuned, "its trials"):
         table.add_column(column, justify="left" if column in by else "right")
-    for c in cells:
+    for c in rows:
         table.add_row(*(str(c[d]) for d in by), str(c["trials"]), fmt(c["best"]), fmt(c["spread"]), str(c["seeds"]),
                       *(fmt(number(c["config"].get(k))) if k in c["config"] else "-" for k in tuned),
                       " ".join(t[:8] for t in c["trial_ids"]))

@@ -98,12 +98,20 @@ def test_killed_at_random_moments_resumes_exactly(tmp_path, tiny_model_dir):
     killed_and_resumed(tmp_path, tiny_model_dir, count=10)
 
 
-def killed_and_resumed(tmp_path: Path, tiny_model_dir: Path, count: int) -> None:
+@pytest.mark.slow
+def test_ray_train_trials_killed_at_each_kind_of_moment_resume_exactly(tmp_path, tiny_model_dir):
+    """The same on the Ray Train path: two DDP workers a trial (gloo), one trial at a time, 5
+    kills. The ledger and the resume are the inline path's (covered in make test by the 4-kill
+    test above); what differs is who dies: the Train controller and its worker group."""
+    killed_and_resumed(tmp_path, tiny_model_dir, count=5, workers=2)
+
+
+def killed_and_resumed(tmp_path: Path, tiny_model_dir: Path, count: int, workers: int = 1) -> None:
     space = write_experiment(tmp_path / "anytime.yaml", tiny_model_dir, name="anytime", search={
-        "sampler": "random", "num_trials": TRIALS, "max_concurrent": 2, "seed": SEED,
+        "sampler": "random", "num_trials": TRIALS, "max_concurrent": 2 if workers == 1 else 1, "seed": SEED,
         "early_stopping": {"scheduler": "none"},
         "space": {"rank": {"choice": [2, 4, 8]}, "lr": {"loguniform": [1e-3, 1e-2]}},
-    }, resources={"workers_per_trial": 1, "cpus_per_worker": 1},
+    }, resources={"workers_per_trial": workers, "cpus_per_worker": 1},
         train={"epochs": STEPS // 12, "batch_size": 8, "lr": 5e-3, "eval_every_steps": EVAL_EVERY})
     root, uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
     results = root / "anytime"
