@@ -50,8 +50,10 @@ def midway(uri: str, results: Path, steps_before: dict[str, int]) -> bool:
                for trial, step in snapshot(uri)[1].items() if trial not in ended)
 
 
-def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path, started: float, uri: str) -> bool:
-    """Wait for the moment to kill; False when the search ended first."""
+def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path, started: float, uri: str,
+             patience: float = 40) -> bool:
+    """Wait for the moment to kill (at most `patience` seconds for an event); False when the
+    search ended first."""
     before, checked = read_records(str(results)), 0.0
     steps_before = snapshot(uri)[1] if trigger == "midway" else {}
     ended_before = {t for t, r in before.items() if r.get("ended")}
@@ -68,7 +70,7 @@ def wait_for(trigger: str, delay: float, driver: subprocess.Popen, results: Path
                 checked = time.time()
                 if midway(uri, results, steps_before):
                     return True
-            if time.time() - started > 40:  # no such event this time: kill anyway
+            if time.time() - started > patience:  # no such event this time: kill anyway
                 return True
         time.sleep(0.01)
     return False
@@ -100,10 +102,11 @@ def test_killed_at_random_moments_resumes_exactly(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_ray_train_trials_killed_at_each_kind_of_moment_resume_exactly(tmp_path, tiny_model_dir):
-    """The same on the Ray Train path: two DDP workers a trial (gloo), one trial at a time, 5
-    kills. The ledger and the resume are the inline path's (covered in make test by the 4-kill
-    test above); what differs is who dies: the Train controller and its worker group."""
-    killed_and_resumed(tmp_path, tiny_model_dir, count=5, workers=2)
+    """The same on the Ray Train path: two DDP workers a trial (gloo), one trial at a time, 6
+    kills (each kind of moment twice; a Train run takes longer to start, so an event may take
+    up to 120 s). The ledger and the resume are the inline path's (covered in make test by the
+    4-kill test above); what differs is who dies: the Train controller and its worker group."""
+    killed_and_resumed(tmp_path, tiny_model_dir, count=6, workers=2)
 
 
 def killed_and_resumed(tmp_path: Path, tiny_model_dir: Path, count: int, workers: int = 1) -> None:
@@ -129,7 +132,7 @@ def killed_and_resumed(tmp_path: Path, tiny_model_dir: Path, count: int, workers
         log = (tmp_path / f"driver-{len(kills)}.log").open("w")
         driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            if not wait_for(trigger, delay, driver, results, started, uri):
+            if not wait_for(trigger, delay, driver, results, started, uri, patience=40 if workers == 1 else 120):
                 pytest.fail(f"the search finished after only {len(kills)} kills; lengthen it\n"
                             + (tmp_path / f"driver-{len(kills)}.log").read_text()[-3000:])
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, at once
