@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from raysearch.spec import spec_from_dict
+from raysearch.experiment.spec import spec_from_dict
 from trainables.contract import ran_to_the_end
 
 NO_STOPPING = "asha-none"  # the search without early stopping, by name (its files are replayed)
@@ -21,7 +21,7 @@ STEPS_TARGET, ACCURACY_TARGET = 0.5, 0.005  # early stopping's targets: <= 50% o
 # depends on the order their reports arrive in, and with 16 trials one cut can decide the
 # best accuracy. The search without stopping recorded every trial's whole learning curve,
 # and a trial's curve does not depend on which other trials ran, so raysearch's own
-# scheduler (`raysearch.tuner.build_scheduler`, Ray's ASHAScheduler) can be replayed on those
+# scheduler (`raysearch.search.tuner.build_scheduler`, Ray's ASHAScheduler) can be replayed on those
 # curves many times, each with report times jittered, at no training cost.
 
 REPLAY_METRICS, REPLAY_GRACES, REPLAY_FACTORS = ("val_loss", "val_accuracy"), (1, 2, 3), (3, 2)
@@ -81,7 +81,7 @@ def replay_search(curves: list[list[dict[str, Any]]], scheduler: Any, max_concur
 
 def replay_rows(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], runs: int) -> list[dict[str, Any]]:
     """Per metric, reduction factor and grace period: the replay with the recorded times, and `runs` jittered ones."""
-    from raysearch.tuner import build_scheduler
+    from raysearch.search.tuner import build_scheduler
 
     none_steps = sum(int(c[-1].get("step", 0)) for c in curves)
     none_best = max(c[-1]["val_accuracy"] for c in curves if ran_to_the_end(c[-1]))

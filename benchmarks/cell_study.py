@@ -91,6 +91,8 @@ TARGET_SMOL = {
                "space": {"target": {"choice": ["attention", "all_linear"]}, "lr": {"loguniform": [1.0e-4, 2.0e-3]}}},
 }
 
+ONE_SEED = {"target-smol"}  # SmolLM2 trials on 2 cores: one seed, said so wherever it is reported
+
 STUDIES = {
     "target": Study("variants_fair.yaml", "target-sst2", {"target": "attention"}, overrides=TARGET),
     "target-smol": Study("commonsense_smol.yaml", "target-smol", {"target": "attention"}, overrides=TARGET_SMOL,
@@ -111,7 +113,7 @@ STUDIES = {
 def experiment_file(study: Study, quick: bool) -> dict[str, Any]:
     import yaml
 
-    from raysearch.spec import apply_override
+    from raysearch.experiment.spec import apply_override
 
     raw = yaml.safe_load((SPACES / study.space).read_text())
     raw["name"] = study.name
@@ -152,8 +154,8 @@ def score_cells(mlflow_uri: str, name: str, compare: list[str], max_examples: in
                 workdir: Path) -> tuple[list[dict[str, Any]], str]:
     """Each cell's best configuration (cell_table), every one of its seed trials scored on the
     test split and the score recorded on the trial's run; returns the cells and the test data."""
-    from raysearch.evaluate import run_evaluation, search_target
-    from raysearch.runs import cell_table, leaderboard, search_objectives
+    from raysearch.records.score_trial import run_evaluation, search_target
+    from raysearch.records.mlflow_reader import cell_table, leaderboard, search_objectives
 
     objective, sense = next(iter(search_objectives(mlflow_uri, name).items()))
     cells = cell_table(leaderboard(mlflow_uri, name), compare, objective, sense)
@@ -203,7 +205,7 @@ def plot(rows: list[dict[str, Any]], compare: list[str], path: Path, title: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raysearch.plots import comparison_lines
+    from raysearch.records.plots import comparison_lines
 
     x, numeric, lines = comparison_lines([{**r, "config": {}} for r in rows], compare)
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -71,8 +71,8 @@ import numpy as np  # noqa: E402
 
 import asha_replay  # noqa: E402
 import search_efficiency as efficiency  # noqa: E402
-from raysearch.pareto import hypervolume  # noqa: E402
-from raysearch.spec import spec_from_dict  # noqa: E402
+from raysearch.records.pareto import hypervolume  # noqa: E402
+from raysearch.experiment.spec import spec_from_dict  # noqa: E402
 from trainables.contract import BUDGET_SETTLED, ran_to_the_end  # noqa: E402
 
 ADAPTIVE_SPACE = {  # --space adaptive: the variants that report budget_settled: false, and LoRA
@@ -254,7 +254,7 @@ def replay_rows(seed: int, workdir: Path, replays: int, space: str = "default") 
 def replay_on(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], seed: int,
               replays: int) -> list[dict[str, Any]]:
     """Every replayed setting on these learning curves (each trial's results, in start order)."""
-    from raysearch.tuner import build_scheduler
+    from raysearch.search.tuner import build_scheduler
 
     reference = reference_of(curves)
     finished = [(c[-1]["val_accuracy"], float(c[-1]["adapter_params"])) for c in curves if ran_to_the_end(c[-1])]

@@ -76,8 +76,8 @@ def experiment(name: str, data: Path, sizes: Sizes, search: dict[str, Any], *,
 
 def trial_configs(experiment_dict: dict[str, Any], points: list[dict[str, Any]], storage: Path) -> list[dict[str, Any]]:
     """The workers' configs raysearch would build for these sampled points of the validated experiment."""
-    from raysearch.spec import spec_from_dict
-    from raysearch.tuner import base_config
+    from raysearch.experiment.spec import spec_from_dict
+    from raysearch.search.tuner import base_config
     from trainables.trial import trial_config
 
     base = base_config(spec_from_dict(experiment_dict), str(storage))

@@ -55,8 +55,8 @@ metric_list:
 def experiment(sources: list[str], max_examples: int) -> dict[str, Any]:
     import yaml
 
-    from raysearch.evaluate import worker_experiment
-    from raysearch.spec import spec_from_dict
+    from raysearch.records.score_trial import worker_experiment
+    from raysearch.experiment.spec import spec_from_dict
 
     raw = yaml.safe_load(SPACE.read_text())
     raw["task"]["dataset"] = [s for s in raw["task"]["dataset"] if isinstance(s, str) and any(

@@ -164,22 +164,22 @@ def cli_child(out_path: str, cli_args: list[str]) -> None:
     import ray
 
     import raysearch.cli
-    import raysearch.preflight
-    import raysearch.search
-    from raysearch.tracking import MlflowTracking
+    import raysearch.experiment.preflight
+    import raysearch.search.driver
+    from raysearch.records.mlflow_writer import MlflowTracking
 
     imported_at = time.time()
     clocks, clock = Clocks(), trial_clock()
     clocks.wrap(ray, "init", "ray_start")
     clocks.wrap(ray, "shutdown", "ray_shutdown")
-    clocks.wrap(raysearch.preflight, "machine_problems", "preflight")
+    clocks.wrap(raysearch.experiment.preflight, "machine_problems", "preflight")
     for hook in ("setup", "on_step_begin", "on_trial_start", "on_trial_result", "on_trial_complete",
                  "on_trial_error", "on_experiment_end", "close"):
         clocks.wrap(MlflowTracking, hook, "mlflow")
     clocks.wrap(raysearch.cli, "print_leaderboard", "mlflow")
-    build_tuner = raysearch.search.build_tuner
+    build_tuner = raysearch.search.driver.build_tuner
     # First in the list: Tune's view of each trial is noted before MLflow's hooks run.
-    raysearch.search.build_tuner = lambda spec, storage_dir, concurrency, callbacks: build_tuner(
+    raysearch.search.driver.build_tuner = lambda spec, storage_dir, concurrency, callbacks: build_tuner(
         spec, storage_dir, concurrency, [clock, *callbacks])
     code: Any = 0
     try:
@@ -250,7 +250,7 @@ def run_raysearch(experiment: dict[str, Any], workdir: Path, runner: str) -> dic
 
 def warm_up() -> None:
     """Read both sides' libraries once, so neither pays the first cold read alone."""
-    subprocess.run([sys.executable, "-c", "import raysearch.cli, raysearch.search, trainables.loop"], check=True)
+    subprocess.run([sys.executable, "-c", "import raysearch.cli, raysearch.search.driver, trainables.loop"], check=True)
 
 
 def compare(runner: str, steps: int, trials: int, evaluations: int, ray: dict[str, float],

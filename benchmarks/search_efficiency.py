@@ -5,13 +5,13 @@ run, not a training per trial: every configuration of a small discrete space (64
 lora/rora x rank 1..128 x lr, alpha 16) is trained once, in this process (the real worker
 loop in Ray Train's local mode), with MiniLM on an SST-2 subsample; its final
 val_accuracy and adapter_params are the table. Then each sampler raysearch builds
-(`raysearch.tuner.make_sampler`: tpe, nsga2, random) runs an Optuna study over the same
+(`raysearch.search.tuner.make_sampler`: tpe, nsga2, random) runs an Optuna study over the same
 space (raysearch's define-by-run function) for every seed, each trial looked up in the
 table. Trials run one after another (a real search with max_concurrent > 1 proposes some
 trials before earlier ones finish). TPE's first 10 trials and NSGA-II's first generation
 are seeded random draws, so with the same seed they start like `random`. Hypervolume of
 the (val_accuracy max, adapter_params min) front of the first k trials:
-`raysearch.pareto.hypervolume` (the project's exact 2-D sweep; Optuna's own is private),
+`raysearch.records.pareto.hypervolume` (the project's exact 2-D sweep; Optuna's own is private),
 reference point (accuracy 0.5, 1.1 x the table's largest adapter_params), shown as a
 fraction of the whole table's front. Target: a sampler's mean hypervolume reaches
 random's mean 64-trial hypervolume within 32 trials.
@@ -63,10 +63,10 @@ harness.set_environment()
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from raysearch.pareto import hypervolume  # noqa: E402
-from raysearch.space import define_by_run  # noqa: E402
-from raysearch.tuner import make_sampler  # noqa: E402
-from raysearch.spec import spec_from_dict  # noqa: E402
+from raysearch.records.pareto import hypervolume  # noqa: E402
+from raysearch.experiment.space import define_by_run  # noqa: E402
+from raysearch.search.tuner import make_sampler  # noqa: E402
+from raysearch.experiment.spec import spec_from_dict  # noqa: E402
 from trainables.contract import ran_to_the_end, trial_status  # noqa: E402
 
 from asha_replay import ACCURACY_TARGET, NO_STOPPING, REPLAY_RUNS, STEPS_TARGET, replay_kept  # noqa: E402

@@ -72,9 +72,9 @@ def default_search() -> dict[str, Any]:
 
 def scored(raw: dict[str, Any], workdir: Path) -> tuple[dict[str, Any], Any]:
     """Run the search, take its best trial by validation, score it on the test split."""
-    from raysearch.evaluate import worker_experiment
-    from raysearch.spec import spec_from_dict
-    from raysearch.runs import download_trial, find_trial
+    from raysearch.records.score_trial import worker_experiment
+    from raysearch.experiment.spec import spec_from_dict
+    from raysearch.records.mlflow_reader import download_trial, find_trial
     from trainables.evaluation import evaluate
 
     run = harness.run_search(raw, workdir)

@@ -54,7 +54,7 @@ def experiment_file(space: Path, quick: bool) -> dict[str, Any]:
     """The experiment file's contents; --quick shrinks it (every source to the task's limits)."""
     import yaml
 
-    from raysearch.spec import apply_override
+    from raysearch.experiment.spec import apply_override
 
     raw = yaml.safe_load(space.read_text())
     if quick:
@@ -71,8 +71,8 @@ def experiment_file(space: Path, quick: bool) -> dict[str, Any]:
 
 def load_experiment(raw: dict[str, Any]) -> dict[str, Any]:
     """The validated experiment with every default filled in (what trials and evaluate see)."""
-    from raysearch.evaluate import worker_experiment
-    from raysearch.spec import spec_from_dict
+    from raysearch.records.score_trial import worker_experiment
+    from raysearch.experiment.spec import spec_from_dict
 
     return worker_experiment(spec_from_dict(raw))
 
@@ -112,7 +112,7 @@ def train_peft_default(experiment: dict[str, Any], out_dir: Path, train_on: str)
 
 
 def best_trial(mlflow_uri: str, name: str, out_dir: Path) -> tuple[dict, Path]:
-    from raysearch.runs import download_trial, find_trial
+    from raysearch.records.mlflow_reader import download_trial, find_trial
 
     row = find_trial(mlflow_uri, name, None)
     adapter, _ = download_trial(mlflow_uri, row, out_dir)

@@ -2,12 +2,15 @@
 
 The Python API (raysearch/api.py) is the front door: `raysearch.run(...)` and the names in
 `__all__` are loaded from it when first used, so that importing a submodule (the CLI, a
-worker) does not import the API, and no module imports its own package's front door."""
+worker) does not import the API, and no module imports its own package's front door. The
+folders follow a search: `experiment/` (the file read and checked), `search/` (the search
+running), `records/` (MLflow written and read back)."""
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RaysearchError", "Search", "Trial", "load", "load_search", "resume_search", "run"]
+__all__ = ["Evaluation", "Exported", "RaysearchError", "Report", "Search", "Trial", "cells", "evaluate", "export",
+           "leaderboard", "load", "load_search", "report", "resume_search", "run"]
 
 
 def __getattr__(name: str) -> Any:

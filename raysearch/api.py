@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from raysearch.problems import SpecError
-from raysearch.sections import DEFAULT_STORAGE
+from raysearch.experiment.problems import SpecError
+from raysearch.experiment.sections import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
     import pandas
     from rich.console import Console
 
-    from raysearch.spec import Spec
+    from raysearch.experiment.spec import Spec
 
 BAD_INPUT = 2
 DEFAULT_MLFLOW = "sqlite:///mlflow.db"
@@ -45,7 +45,7 @@ class RaysearchError(Exception):
 def load(experiment: str | Path | Mapping[str, Any], overrides: Sequence[str] = (), **options: Any) -> Spec:
     """An experiment (a YAML file's path or its contents as a dict), overridden (`a.b=value`
     strings) and validated; `options`: name, num_trials, mlflow_uri, storage."""
-    from raysearch.spec import load_spec
+    from raysearch.experiment.spec import load_spec
 
     try:
         return load_spec(experiment, overrides, **options)
@@ -77,15 +77,15 @@ class Search:
 
     @property
     def outcome(self) -> dict[str, Any] | None:
-        """How the search ended (raysearch/outcome.py): trials by status, errors by cause."""
-        from raysearch.outcome import read_outcome
+        """How the search ended (raysearch/search/outcome.py): trials by status, errors by cause."""
+        from raysearch.search.outcome import read_outcome
 
         return read_outcome(self.storage_dir)
 
     @property
     def exit_code(self) -> int:
         """What `raysearch run` would exit with: 0, 3 (no trial finished), 130 (interrupted)."""
-        from raysearch.outcome import exit_code
+        from raysearch.search.outcome import exit_code
 
         return exit_code(self.outcome)
 
@@ -102,13 +102,13 @@ class Search:
     @property
     def best(self) -> Trial:
         """The best trial that ran to the end, by the first objective (ties: fewer parameters)."""
-        from raysearch.runs import find_trial
+        from raysearch.records.mlflow_reader import find_trial
 
         try:
             row = find_trial(self.mlflow_uri, self.name, None)
         except ValueError as err:
             raise RaysearchError(str(err)) from None
-        from raysearch.tables import number  # MLflow keeps params as text
+        from raysearch.records.tables import number  # MLflow keeps params as text
 
         return Trial(row["trial_id"], row["run_id"], row["status"], bool(row["pareto"]),
                      {k: number(v) for k, v in row["params"].items()}, dict(row["metrics"]))
@@ -141,7 +141,7 @@ def leaderboard(name: str, *, mlflow_uri: str = DEFAULT_MLFLOW, pareto: bool = F
     objectives, each sampled hyperparameter (numbers as numbers) and each logged metric."""
     import pandas
 
-    from raysearch.runs import leaderboard as rows
+    from raysearch.records.mlflow_reader import leaderboard as rows
 
     try:
         return pandas.DataFrame([_flat(row) for row in rows(mlflow_uri, name, pareto_only=pareto, top=top)])
@@ -155,7 +155,7 @@ def cells(name: str, by: Sequence[str], *, mlflow_uri: str = DEFAULT_MLFLOW) -> 
     `trial_ids`; `attrs` holds the objective and its sense."""
     import pandas
 
-    from raysearch.runs import cell_table, leaderboard as rows, search_objectives
+    from raysearch.records.mlflow_reader import cell_table, leaderboard as rows, search_objectives
 
     try:
         trials = rows(mlflow_uri, name)
@@ -184,7 +184,7 @@ class Exported:
 def export(name: str, out_dir: str | Path, *, trial: str | None = None, mlflow_uri: str = DEFAULT_MLFLOW) -> Exported:
     """`raysearch export`: a trial's adapter (plain PEFT) and an experiment file that retrains
     it, into `out_dir` (new or empty); the best trial that ran to the end unless `trial`."""
-    from raysearch.export import export_trial
+    from raysearch.records.export_trial import export_trial
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -231,7 +231,7 @@ def evaluate(name: str | None = None, *, best: bool = False, trial: str | None =
             raise RaysearchError(f"evaluate: {option} {path}: no such file.")
     if adapter is not None and not Path(adapter).is_dir():
         raise RaysearchError(f"evaluate: --adapter {adapter}: no such folder.")
-    from raysearch.evaluate import evaluate_command
+    from raysearch.records.score_trial import evaluate_command
 
     try:
         target, result = evaluate_command(name, best=best, trial=trial, base=base,
@@ -258,8 +258,8 @@ def report(name: str, *, storage: str | None = None, folder: str | None = None, 
            mlflow_uri: str = DEFAULT_MLFLOW, mlflow_ui: str = "http://127.0.0.1:5000") -> Report:
     """`raysearch report`: the search's HTML page (default `<storage>/<name>/report.html`), also
     logged on its MLflow run. `folder`: the search's own folder instead of `storage`."""
-    from raysearch import storage as storages
-    from raysearch.report import write_report
+    from raysearch.search import storage as storages
+    from raysearch.records.report_page import write_report
 
     folder = folder or storages.search_dir(storage or DEFAULT_STORAGE, name)
     local = storages.local_path(folder)
@@ -272,7 +272,7 @@ def report(name: str, *, storage: str | None = None, folder: str | None = None, 
 
 
 def _flat(row: Mapping[str, Any]) -> dict[str, Any]:
-    from raysearch.tables import number  # MLflow keeps params as text
+    from raysearch.records.tables import number  # MLflow keeps params as text
 
     flat = {k: v for k, v in row.items() if k not in ("params", "metrics")}
     flat.update({k: number(v) for k, v in row.get("params", {}).items() if k not in flat})
@@ -291,8 +291,7 @@ def _console(progress: bool | Console) -> Console:
 def has_results(storage_dir: str) -> bool:
     """Whether a search started in `storage_dir` (it writes its experiment file first; a
     folder without one is what a driver killed while starting Ray left, with nothing in it)."""
-    from raysearch import storage
-
+    from raysearch.search import storage
     try:
         return storage.read_text(storage_dir, storage.EXPERIMENT_FILE) is not None
     except OSError as err:  # an object store that cannot be reached or read
@@ -305,7 +304,7 @@ def check(spec: Spec, storage_dir: str, restart: bool = False) -> None:
         raise RaysearchError(f"storage: results for search '{spec.name}' already exist in {storage_dir}. "
                              "Pass --resume to continue that search, --restart (or --overwrite) to delete them "
                              "and start over, or --name to start a new search.")
-    from raysearch.preflight import machine_problems  # data, model, MLflow, storage, resources
+    from raysearch.experiment.preflight import machine_problems  # data, model, MLflow, storage, resources
 
     problems = machine_problems(spec, storage_dir)
     if problems:
@@ -333,8 +332,8 @@ def run(experiment: str | Path | Mapping[str, Any], *, overrides: Sequence[str] 
 
 def execute(spec: Spec, *, restart: bool = False, progress: bool | Console = True) -> Search:
     """Run a validated experiment that has passed `check` (what `run` does after both)."""
-    from raysearch.cluster import ClusterSetupError
-    from raysearch.search import run_search  # heavy imports only once input is valid
+    from raysearch.search.cluster import ClusterSetupError
+    from raysearch.search.driver import run_search  # heavy imports only once input is valid
 
     try:
         run_search(spec, spec.storage_dir, _console(progress), overwrite=restart)
@@ -346,8 +345,8 @@ def execute(spec: Spec, *, restart: bool = False, progress: bool | Console = Tru
 def resume_search(name: str, *, storage: str | None = None, mlflow_uri: str | None = None,
                   retry_errored: bool = False, progress: bool | Console = True) -> Search:
     """Continue an interrupted search from its results folder (`raysearch resume`)."""
-    from raysearch.preflight import machine_problems
-    from raysearch.search import ResumeError, saved_spec
+    from raysearch.experiment.preflight import machine_problems
+    from raysearch.search.driver import ResumeError, saved_spec
 
     try:
         spec = saved_spec(name, storage or DEFAULT_STORAGE, mlflow_uri)
@@ -356,8 +355,8 @@ def resume_search(name: str, *, storage: str | None = None, mlflow_uri: str | No
     problems = machine_problems(spec, spec.storage_dir)
     if problems:
         raise RaysearchError("cannot resume:", problems)
-    from raysearch.cluster import ClusterSetupError
-    from raysearch.search import resume_search as resume_saved
+    from raysearch.search.cluster import ClusterSetupError
+    from raysearch.search.driver import resume_search as resume_saved
 
     try:
         resume_saved(spec, spec.storage_dir, _console(progress), retry_errored=retry_errored)
@@ -369,7 +368,7 @@ def resume_search(name: str, *, storage: str | None = None, mlflow_uri: str | No
 def load_search(name: str, *, storage: str | None = None, mlflow_uri: str | None = None) -> Search:
     """A search that ran earlier, from its results folder (`<storage>/<name>`) and MLflow store
     (default: the one it ran with)."""
-    from raysearch.search import ResumeError, saved_spec
+    from raysearch.search.driver import ResumeError, saved_spec
 
     try:
         spec = saved_spec(name, storage or DEFAULT_STORAGE, mlflow_uri)

@@ -8,8 +8,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from raysearch.redaction import redact
-from raysearch.spec import DEFAULT_STORAGE, SpecError, load_spec
+from raysearch.experiment.redaction import redact
+from raysearch.experiment.spec import DEFAULT_STORAGE, SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Search LoRA-family adapter configurations.")
 # Logs and CI are not terminals: give tables room instead of Rich's 80 columns.
@@ -85,8 +85,8 @@ def report_error(err) -> None:
 
 def finish(name: str, storage_dir: str, interrupted: bool = False) -> None:
     """The closing summary (trials by status, errors grouped by cause) and the exit code that
-    tells a script the truth (raysearch/outcome.py: 0, 3 nothing finished, 130 interrupted)."""
-    from raysearch.outcome import EXIT_INTERRUPTED, exit_code, read_outcome, summary
+    tells a script the truth (raysearch/search/outcome.py: 0, 3 nothing finished, 130 interrupted)."""
+    from raysearch.search.outcome import EXIT_INTERRUPTED, exit_code, read_outcome, summary
 
     outcome = read_outcome(storage_dir)
     code = EXIT_INTERRUPTED if interrupted else exit_code(outcome)
@@ -153,8 +153,8 @@ def launch(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the ray commands, run nothing"),
 ) -> None:
     """Run a search on an autoscaling Ray cluster: `ray up`, then the search as a Ray job, logs streamed."""
-    from raysearch import storage as storages
-    from raysearch.cluster import ClusterSetupError, execute, launch_plan, validate_cluster_config
+    from raysearch.search import storage as storages
+    from raysearch.search.cluster import ClusterSetupError, execute, launch_plan, validate_cluster_config
 
     spec = load_or_exit(space, set_, name=name, num_trials=num_trials, mlflow_uri=mlflow_uri, storage=storage)
     problems = storages.multi_node_problems(spec.storage or DEFAULT_STORAGE, spec.tracking.mlflow_uri)
@@ -210,7 +210,7 @@ def leaderboard(
 ) -> None:
     """Ranked table of a search's trials, read from MLflow."""
     from raysearch import api
-    from raysearch.tables import cells_table, leaderboard_table
+    from raysearch.records.tables import cells_table, leaderboard_table
 
     try:
         if by:
@@ -225,7 +225,7 @@ def leaderboard(
 
 def search_folder(name: str, storage_root: str) -> str:
     """`<storage>/<name>` as `run` wrote it (a local path resolved, a URI kept)."""
-    from raysearch.storage import search_dir
+    from raysearch.search.storage import search_dir
 
     return search_dir(storage_root, name)
 
@@ -263,8 +263,7 @@ def dashboard(
 ) -> None:
     """Serve the search's Optuna study with optuna-dashboard on 127.0.0.1 (Pareto front,
     history, parameter importances), read from the journal the search writes."""
-    from raysearch import storage as storages
-
+    from raysearch.search import storage as storages
     folder = search_folder(name, storage or DEFAULT_STORAGE)
     journal = storages.journal_file(folder, name)
     if not journal.is_file():
@@ -329,7 +328,7 @@ def evaluate(
 
 
 def print_evaluation(label: str, result) -> None:
-    from raysearch.tables import evaluation_table
+    from raysearch.records.tables import evaluation_table
 
     console.print(evaluation_table(label, result))
 
@@ -337,7 +336,7 @@ def print_evaluation(label: str, result) -> None:
 def print_leaderboard(search) -> None:
     """The ended search's trials, best first, under its progress output."""
     from raysearch import api
-    from raysearch.tables import leaderboard_table
+    from raysearch.records.tables import leaderboard_table
 
     try:
         console.print(leaderboard_table(search.trials(), search.name, pareto=False))

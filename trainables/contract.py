@@ -3,9 +3,10 @@ result each evaluation reports, the status a trial's last result means, and the 
 experiment file may use (built-in models, scaling rules, prompt templates, answer patterns).
 
 The worker (trainables/loop.py) writes results under these keys; the driver (raysearch/)
-reads them through this module. Besides it, the driver imports from the worker only the
-adapter registry (to validate variant options), the trial entry point, and what preflight
-and `evaluate` run on the machine itself (model configs, data files, scoring).
+reads them through this module. The worker's code the driver calls (the trial function, the
+adapter registry, the scoring, what preflight probes) it reaches through trainables/entry.py
+only; this module imports nothing of the worker but its answer patterns, so every worker
+module can import it.
 """
 from __future__ import annotations
 

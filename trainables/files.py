@@ -1,5 +1,5 @@
 """Which files a local dataset folder is read from, and the records of a JSON file. No heavy
-imports: the driver's preflight (raysearch/preflight.py) uses it before anything starts."""
+imports: the driver's preflight (raysearch/experiment/preflight.py) uses it before anything starts."""
 from __future__ import annotations
 
 from pathlib import Path

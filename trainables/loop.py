@@ -132,7 +132,7 @@ def train(config: dict[str, Any], session: Session) -> None:
                 "train_loss": mean_across_workers(loss_sum / loss_count, device),
                 "lr": scheduler.get_last_lr()[0],
                 ADAPTER_PARAMS: adapter.adapter_params(inner),
-                BUDGET_SETTLED: step >= adapter.budget_settles_at(),  # raysearch/moasha.py
+                BUDGET_SETTLED: step >= adapter.budget_settles_at(),  # raysearch/search/moasha.py
                 RANK_ALLOCATION: json.dumps(adapter.rank_allocation(inner)),
                 FINAL: step == total_steps,
                 DIVERGED: False,

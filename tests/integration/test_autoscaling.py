@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from local_cluster import TrialActors, dashboard_url, experiment, fake_autoscaling_config, free_port, local_cluster
 from raysearch.cli import app
-from raysearch.cluster import autoscaling_from_status
+from raysearch.search.cluster import autoscaling_from_status
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from raysearch.report import build_report, experiment_url
-from raysearch.runs import search_record
-from raysearch.tracking import MlflowTracking
+from raysearch.records.report_page import build_report, experiment_url
+from raysearch.records.mlflow_reader import search_record
+from raysearch.records.mlflow_writer import MlflowTracking
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)
@@ -137,7 +137,7 @@ def test_the_report_shows_front_curves_importance_and_table(tmp_path, metric):
 def test_a_comparisons_plot_draws_a_line_per_value_with_every_cell(tmp_path):
     """A `search.compare` search's comparison.html (what its MLflow run holds): one line per
     scaling rule across the ranks, every cell a point, no JavaScript error."""
-    from raysearch.plots import write_comparison
+    from raysearch.records.plots import write_comparison
 
     table = [{"scaling": scaling, "rank": str(rank), "best": best, "spread": 0.01, "seeds": 2, "config": {"lr": "0.001"}}
              for scaling, rank, best in [("lora", 4, 0.80), ("lora", 64, 0.82), ("rora", 4, 0.81), ("rora", 64, 0.85)]]

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from local_cluster import local_cluster
-from raysearch.ledger import read_records
+from raysearch.search.ledger import read_records
 from test_resume import RAYSEARCH, child_runs
 from tiny_search import continuation_problems, write_experiment
 

@@ -21,7 +21,7 @@ import mlflow
 import optuna
 import pytest
 
-from raysearch.ledger import read_records
+from raysearch.search.ledger import read_records
 from test_resume import RAYSEARCH, child_runs
 from tiny_search import continuation_problems, write_experiment
 

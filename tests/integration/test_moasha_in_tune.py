@@ -10,7 +10,7 @@ import pytest
 import ray
 from ray import tune
 
-from raysearch.moasha import MultiObjectiveASHA
+from raysearch.search.moasha import MultiObjectiveASHA
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from local_cluster import ROOT, TrialActors, dashboard_port, dashboard_url, experiment, local_cluster
 from raysearch.cli import app
-from raysearch.cluster import launch_plan
+from raysearch.search.cluster import launch_plan
 
 # slow (make test-slow and CI, not make test): its parts are checked faster in make test, DDP
 # trials (test_ddp.py), trials placed on another node of a local cluster (test_autoscaling.py),

@@ -14,9 +14,9 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from raysearch.cli import app
-from raysearch.tables import number
-from raysearch.pareto import pareto_mask
-from raysearch.spec import load_spec
+from raysearch.records.tables import number
+from raysearch.records.pareto import pareto_mask
+from raysearch.experiment.spec import load_spec
 from tiny_search import write_experiment
 
 pytestmark = pytest.mark.integration

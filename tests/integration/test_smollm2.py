@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from raysearch.evaluate import worker_experiment
-from raysearch.spec import spec_from_dict
-from raysearch.tuner import base_config
+from raysearch.records.score_trial import worker_experiment
+from raysearch.experiment.spec import spec_from_dict
+from raysearch.search.tuner import base_config
 from trainables import loop
 from trainables.evaluation import evaluate
 from trainables.trial import trial_config

@@ -1,5 +1,5 @@
 """Tune's experiment-state file, as the pinned Ray writes it, still holds every field the
-ledger reads (raysearch/ledger.py: `raysearch resume` folds the ledger into it). The format is
+ledger reads (raysearch/search/ledger.py: `raysearch resume` folds the ledger into it). The format is
 not a public API: an upgrade of Ray that changes it fails here, naming the field, instead of
 a resume that silently folds nothing in (issue 29)."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
-from raysearch.ledger import _as_ended, _progress, _status, newest_experiment_state, reconcile, write_record
-from raysearch.storage import tune_path
+from raysearch.search.ledger import _as_ended, _progress, _status, newest_experiment_state, reconcile, write_record
+from raysearch.search.storage import tune_path
 
 pytestmark = pytest.mark.integration
 

@@ -244,7 +244,7 @@ def test_option_names_carry_their_variant_and_collide_with_nothing():
     beside `train:` and `task:` keys in a search space: each starts with its variant's name
     (`sora_`, `gora_`, `alora_` for alora_alloc), none is a field of a section, two variants
     never declare the same one, and a former name (`renamed`) is no longer anyone's option."""
-    from raysearch.sections import AdapterSpec, TaskSpec, TrainSpec
+    from raysearch.experiment.sections import AdapterSpec, TaskSpec, TrainSpec
 
     sections = set(TrainSpec.model_fields) | set(TaskSpec.model_fields) | set(AdapterSpec.model_fields)
     owners: dict[str, type] = {}
@@ -263,8 +263,8 @@ def test_option_names_carry_their_variant_and_collide_with_nothing():
     ("space", "sparsity_lambda", "sora_lambda"), ("space", "target_density", "salora_target_density"),
 ])
 def test_a_former_option_name_is_an_error_that_names_the_new_one(monkeypatch, where, old, new):
-    import raysearch.checks as checks
-    from raysearch.spec import SpecError, spec_from_dict
+    import raysearch.experiment.checks as checks
+    from raysearch.experiment.spec import SpecError, spec_from_dict
 
     monkeypatch.setattr(checks, "ADAPTERS", ADAPTERS)
     variant = new.split("_")[0]
@@ -341,8 +341,8 @@ def test_eva_starts_a_from_the_principal_directions_of_each_layers_inputs(tiny_b
 
 
 def test_init_is_refused_for_a_variant_that_starts_its_own_way(monkeypatch):
-    import raysearch.checks as checks
-    from raysearch.spec import SpecError, spec_from_dict
+    import raysearch.experiment.checks as checks
+    from raysearch.experiment.spec import SpecError, spec_from_dict
 
     monkeypatch.setattr(checks, "ADAPTERS", ADAPTERS)
     assert spec_from_dict({"adapter": {"variant": "rora", "init": "pissa"},

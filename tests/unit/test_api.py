@@ -57,3 +57,39 @@ def test_import_raysearch_loads_no_heavy_library():
     code = "import sys, raysearch; print(sorted(m for m in ('ray', 'mlflow', 'pandas', 'torch') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_cli_verb_is_a_function_of_the_package_even_after_its_modules_load(tmp_path):
+    """`raysearch.report` is the API's function, not a module of the same name (issue 30): the
+    modules behind the verbs live in subpackages under other names."""
+    import raysearch
+    import raysearch.cli  # noqa: F401  (loads the CLI and, through it, the package's modules)
+    import raysearch.records.report_page  # noqa: F401
+
+    for verb in ("run", "resume_search", "leaderboard", "cells", "export", "evaluate", "report", "load_search"):
+        assert callable(getattr(raysearch, verb)) and getattr(raysearch, verb).__module__ == "raysearch.api", verb
+
+
+@pytest.mark.parametrize("call", [
+    lambda api: api.evaluate("s"),  # a search without --best/--trial/--base
+    lambda api: api.evaluate("s", best=True, trial="abc"),
+    lambda api: api.evaluate(None, space="exp.yaml"),  # neither --adapter nor --base
+    lambda api: api.evaluate("s", best=True, scoring="vibes"),
+    lambda api: api.evaluate("s", best=True, max_examples=0),
+], ids=["no-choice", "two-choices", "space-alone", "unknown-scoring", "zero-examples"])
+def test_evaluate_refuses_what_the_cli_refuses_before_reading_anything(call, tmp_path, monkeypatch):
+    from raysearch import api
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(api.RaysearchError) as raised:
+        call(api)
+    assert raised.value.exit_code == 2 and str(raised.value).startswith("evaluate:")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leaderboard_of_an_unknown_search_raises_and_writes_nothing(tmp_path):
+    from raysearch import api
+
+    with pytest.raises(api.RaysearchError, match="no MLflow store"):
+        api.leaderboard("nothing", mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert list(tmp_path.iterdir()) == []

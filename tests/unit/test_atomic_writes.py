@@ -18,10 +18,10 @@ from test_ledger import entry, make_trial, save_tune_state, saved
 from test_moasha import SENSES, report
 from test_outcome import FakeTrial
 
-from raysearch import storage
-from raysearch.ledger import read_records, reconcile, write_record
-from raysearch.moasha import MultiObjectiveASHA
-from raysearch.outcome import SearchOutcome, read_outcome
+from raysearch.search import storage
+from raysearch.search.ledger import read_records, reconcile, write_record
+from raysearch.search.moasha import MultiObjectiveASHA
+from raysearch.search.outcome import SearchOutcome, read_outcome
 
 
 class Killed(BaseException):

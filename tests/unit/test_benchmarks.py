@@ -148,7 +148,7 @@ def test_early_stopping_adaptive_space_settles_its_budgets_between_the_rungs():
     """--space adaptive: every configuration is valid, and every adaptive one reports an
     unsettled budget at the first evaluation (so MOASHA skips at least rung 1) and a settled
     one before the last (so MOASHA can still stop it): otherwise the search tests nothing."""
-    from raysearch.spec import spec_from_dict
+    from raysearch.experiment.spec import spec_from_dict
 
     module = load("early_stopping")
     harness = sys.modules["harness"]
@@ -175,9 +175,9 @@ def test_search_vs_default_runs_the_files_default_first():
     """The default run and the search's first trial are the same configuration."""
     module = load("search_vs_default")
     harness = sys.modules["harness"]
-    from raysearch.space import default_point
-    from raysearch.spec import spec_from_dict
-    from raysearch.tuner import file_defaults
+    from raysearch.experiment.space import default_point
+    from raysearch.experiment.spec import spec_from_dict
+    from raysearch.search.tuner import file_defaults
 
     search = spec_from_dict(module.experiment("s", 0, {"sampler": "tpe", "num_trials": 8, "space": module.SPACE},
                                               harness.SST2, quick=True))
@@ -308,13 +308,14 @@ def test_cell_study_compares_each_cell_with_its_baseline_on_seed_averaged_record
 
 def test_cell_study_files_are_the_shipped_comparison_spaces():
     """Each study runs a shipped search space, on SST-2 with a carved test split, every trial to the end."""
-    from raysearch.spec import spec_from_dict
+    from raysearch.experiment.spec import spec_from_dict
 
     study = load("cell_study")
     for key, entry in study.STUDIES.items():
         spec = spec_from_dict(study.experiment_file(entry, quick=False))
         assert spec.name == entry.name and spec.task.test_fraction > 0 and spec.search.compare
-        assert set(entry.baseline) <= set(spec.search.compare) and spec.search.seeds >= 2, key
+        assert set(entry.baseline) <= set(spec.search.compare), key
+        assert spec.search.seeds >= 2 or key in study.ONE_SEED, key
         assert spec.search.early_stopping.scheduler == "none", key
 
 

@@ -1,4 +1,4 @@
-"""search.compare (raysearch/cells.py): cells and budgets from a spec, the same design in every
+"""search.compare (raysearch/experiment/comparison.py): cells and budgets from a spec, the same design in every
 cell, early stopping inside a cell only, and the best of each cell over seeds."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import math
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raysearch.cells import CellScheduler, cell_of, cell_points, cells
-from raysearch.runs import cell_table
-from raysearch.sections import num_trials_for
-from raysearch.spec import SpecError, spec_from_dict
-from raysearch.tuner import build_scheduler
+from raysearch.experiment.comparison import CellScheduler, cell_of, cell_points, cells
+from raysearch.records.mlflow_reader import cell_table
+from raysearch.experiment.sections import num_trials_for
+from raysearch.experiment.spec import SpecError, spec_from_dict
+from raysearch.search.tuner import build_scheduler
 
 SPACE = {"scaling": {"choice": ["lora", "rora"]}, "rank": {"choice": [4, 16]},
          "lr": {"loguniform": [1e-4, 1e-2]}, "alpha": {"choice": [8, 16]}}
@@ -122,7 +122,7 @@ def test_the_best_of_each_cell_is_the_best_mean_over_seeds_with_its_spread():
 
 
 def test_the_comparison_plot_has_a_line_per_other_value_along_the_numeric_dimension(tmp_path):
-    from raysearch.plots import comparison_lines, write_comparison
+    from raysearch.records.plots import comparison_lines, write_comparison
 
     rows = [run(str(i), "completed", acc, scaling=scaling, rank=rank, lr=1e-3, seed=seed)
             for i, (scaling, rank, seed, acc) in enumerate([

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from raysearch.cli import app
-from raysearch.evaluate import worker_experiment
-from raysearch.spec import spec_from_dict
+from raysearch.records.score_trial import worker_experiment
+from raysearch.experiment.spec import spec_from_dict
 from trainables.choices import Choice, ChoiceError, decide, read_choice
 from trainables.evaluation import evaluate
 from trainables.instruction_data import load_instruction_splits
@@ -188,7 +188,7 @@ def test_label_scoring_still_reports_the_option_text_reading_beside_it(tmp_path)
 
 
 def test_option_text_training_needs_option_scoring():
-    from raysearch.problems import SpecError
+    from raysearch.experiment.problems import SpecError
 
     with pytest.raises(SpecError, match="task.train_on"):
         spec_from_dict({"name": "x", "model": "builtin:tiny-llama",

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from raysearch import storage
+from raysearch.search import storage
 from raysearch.cli import app
-from raysearch.cluster import (
+from raysearch.search.cluster import (
     ClusterInfo,
     ClusterSetupError,
     LaunchPlan,
@@ -25,8 +25,8 @@ from raysearch.cluster import (
     launch_plan,
     validate_cluster_config,
 )
-from raysearch.spec import load_spec, spec_from_dict
-from raysearch.resources import cluster_concurrency, function_resources, trial_demand
+from raysearch.experiment.spec import load_spec, spec_from_dict
+from raysearch.search.resources import cluster_concurrency, function_resources, trial_demand
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -156,7 +156,7 @@ def test_execute_runs_up_tunnel_submit_in_order_and_closes_the_tunnel(monkeypatc
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     plan = LaunchPlan(ROOT, ["ray", "up"], ["ray", "dashboard"], ["ray", "job"], f"http://127.0.0.1:{port}")
-    monkeypatch.setattr("raysearch.cluster.wait_for_dashboard", lambda url, tunnel: log.append(("wait", url)))
+    monkeypatch.setattr("raysearch.search.cluster.wait_for_dashboard", lambda url, tunnel: log.append(("wait", url)))
 
     def popen(command, **kwargs):
         log.append(("start", command[1]))
@@ -181,7 +181,7 @@ def test_execute_runs_up_tunnel_submit_in_order_and_closes_the_tunnel(monkeypatc
 def test_launch_runs_the_plan_then_says_where_results_are(monkeypatch, job_exit_code):
     monkeypatch.chdir(ROOT)
     ran = []
-    monkeypatch.setattr("raysearch.cluster.execute", lambda plan, echo: ran.append(plan) or job_exit_code)
+    monkeypatch.setattr("raysearch.search.cluster.execute", lambda plan, echo: ran.append(plan) or job_exit_code)
     result = CliRunner().invoke(app, ["launch", "--cluster", "cluster.yaml", "--space", str(SPACE),
                                       "--storage", S3, "--mlflow-uri", MLFLOW])
     assert result.exit_code == job_exit_code, result.output
@@ -327,7 +327,7 @@ def test_launch_never_prints_credentials_it_passes_on(monkeypatch):
             echo(line)
         return 0
 
-    monkeypatch.setattr("raysearch.cluster.execute", execute)
+    monkeypatch.setattr("raysearch.search.cluster.execute", execute)
     for extra in ([], ["--dry-run"]):
         result = CliRunner().invoke(app, ["launch", "--cluster", "cluster.yaml", "--space", str(SPACE),
                                           "--storage", S3, "--mlflow-uri", secret_uri, *extra])

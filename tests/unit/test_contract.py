@@ -37,8 +37,8 @@ def test_the_driver_reads_results_and_files_without_importing_torch():
     """The experiment file, the CLI, the result contract, the scheduler and the MLflow read side
     load without torch (the adapter registry is imported only when a file is validated)."""
     code = ("import sys\n"
-            "import raysearch.cli, raysearch.spec, raysearch.runs, raysearch.outcome, raysearch.progress, "
-            "raysearch.moasha, trainables.contract\n"
+            "import raysearch.cli, raysearch.experiment.spec, raysearch.records.mlflow_reader, raysearch.search.outcome, raysearch.search.progress, "
+            "raysearch.search.moasha, trainables.contract\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
 
@@ -46,7 +46,7 @@ def test_the_driver_reads_results_and_files_without_importing_torch():
 def test_a_sampled_dimension_sets_the_section_validation_checks_it_against():
     """One rule (contract.section_of) routes a sampled value in the worker and types it in the
     driver's validation: each train/task dimension is a field of that section."""
-    from raysearch.sections import TaskSpec, TrainSpec
+    from raysearch.experiment.sections import TaskSpec, TrainSpec
     from trainables.contract import TASK_DIMENSIONS, TRAIN_DIMENSIONS
     from trainables.trial import trial_config
 

@@ -148,13 +148,16 @@ def test_each_module_says_what_it_owns_stays_short_and_is_in_the_layout():
 
     layout = (REPO / "docs" / "design.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     problems = []
-    for path in sorted([*REPO.glob("raysearch/*.py"), *REPO.glob("trainables/*.py"), *REPO.glob("trainables/adapters/*.py")]):
+    for path in sorted([*REPO.rglob("raysearch/**/*.py"), *REPO.glob("trainables/*.py"),
+                        *REPO.glob("trainables/adapters/*.py")]):
         name = path.relative_to(REPO).as_posix()
         if path.name == "__init__.py" and not path.read_text().strip():
             continue
         text = path.read_text()
         if not (ast.get_docstring(ast.parse(text)) or "").strip():
             problems.append(f"{name}: no docstring saying what it owns")
+        if path.name == "__init__.py" and name != "raysearch/__init__.py":
+            continue  # a folder's docstring says what it holds; its modules are in the tables
         if len(text.splitlines()) > MODULE_LINES:
             problems.append(f"{name}: {len(text.splitlines())} lines (> {MODULE_LINES})")
         if "adapters/" not in name and f"`{name}`" not in layout:

@@ -15,8 +15,8 @@ from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from raysearch.cli import app
-from raysearch.evaluate import worker_experiment
-from raysearch.spec import spec_from_dict
+from raysearch.records.score_trial import worker_experiment
+from raysearch.experiment.spec import spec_from_dict
 from trainables.instruction_data import load_instruction_splits
 from trainables.evaluation import evaluate, proportion_interval
 from trainables.instructions import build_prompt

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from raysearch.export import experiment_text, retrain_experiment
-from raysearch.spec import load_spec, spec_from_dict
+from raysearch.records.export_trial import experiment_text, retrain_experiment
+from raysearch.experiment.spec import load_spec, spec_from_dict
 
 SPACES = Path(__file__).parents[2] / "search_spaces"
 

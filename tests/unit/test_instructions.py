@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raysearch.spec import SpecError, spec_from_dict
+from raysearch.experiment.spec import SpecError, spec_from_dict
 from trainables.instruction_data import load_instruction_splits
 from trainables.instructions import (
     ALPACA,

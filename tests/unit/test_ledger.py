@@ -1,4 +1,4 @@
-"""The trial ledger (raysearch/ledger.py): what `raysearch resume` folds into Tune's saved
+"""The trial ledger (raysearch/search/ledger.py): what `raysearch resume` folds into Tune's saved
 state, and how the Optuna searcher is brought level with the journal after a kill.
 The whole path, with real kills, is tests/integration/test_kill_anytime.py."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
-from raysearch.ledger import ERROR, TERMINATED, read_records, reconcile, write_record
-from raysearch.space import define_by_run
-from raysearch.spec import spec_from_dict
-from raysearch.tuner import TUNE_TRIAL_ATTR, DivergenceAwareOptunaSearch
+from raysearch.search.ledger import ERROR, TERMINATED, read_records, reconcile, write_record
+from raysearch.experiment.space import define_by_run
+from raysearch.experiment.spec import spec_from_dict
+from raysearch.search.tuner import TUNE_TRIAL_ATTR, DivergenceAwareOptunaSearch
 
 SPACE = {"search": {"space": {"rank": {"choice": [4, 8]}, "lr": {"loguniform": [1e-4, 1e-2]}}}}
 

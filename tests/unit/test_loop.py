@@ -10,8 +10,8 @@ import pytest
 import ray.train
 import torch
 
-from raysearch.spec import Spec
-from raysearch.tuner import base_config
+from raysearch.experiment.spec import Spec
+from raysearch.search.tuner import base_config
 from trainables import contract, loop
 from trainables.checkpoint import STATE_FILE
 from trainables.trial import trial_config

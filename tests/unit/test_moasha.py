@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raysearch.moasha import MultiObjectiveASHA, crowding_distance, promoted, rank_order
-from raysearch.spec import spec_from_dict
-from raysearch.tuner import build_scheduler
+from raysearch.search.moasha import MultiObjectiveASHA, crowding_distance, promoted, rank_order
+from raysearch.experiment.spec import spec_from_dict
+from raysearch.search.tuner import build_scheduler
 
 GO, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 SENSES = {"val_loss": "min", "adapter_params": "min"}
@@ -151,7 +151,7 @@ def test_moasha_is_the_default_for_two_objectives_asha_for_one():
 
 
 def test_bad_rung_metric_names_the_field():
-    from raysearch.spec import SpecError
+    from raysearch.experiment.spec import SpecError
 
     with pytest.raises(SpecError) as error:
         (spec_from_dict({"search": {"space": {"rank": {"choice": [4]}},
@@ -169,7 +169,7 @@ def test_the_files_own_configuration_is_recorded_but_never_stopped():
     """start_with_defaults: the first trial is the file's configuration; MOASHA and ASHA record
     it at their rungs (others are compared with it) but let it run to the end, so the search
     always holds the default fully trained."""
-    from raysearch.moasha import DefaultKeepingASHA
+    from raysearch.search.moasha import DefaultKeepingASHA
 
     default = {"variant": "lora", "rank": 16, "lr": 5e-4}
     for scheduler in (MultiObjectiveASHA(SENSES, grace_period=1, reduction_factor=2, protected=default),
@@ -327,7 +327,7 @@ def test_min_rung_size_one_is_the_plain_rule_and_a_larger_one_keeps_more_of_the_
 
 
 def test_min_rung_size_is_read_from_the_file_and_checked():
-    from raysearch.spec import SpecError
+    from raysearch.experiment.spec import SpecError
 
     space = {"rank": {"choice": [4, 8]}}
     spec = spec_from_dict({"search": {"space": space, "early_stopping": {"min_rung_size": 5}}})
@@ -343,7 +343,7 @@ def test_min_rung_size_is_read_from_the_file_and_checked():
 
 
 def test_asha_rungs_survive_a_restart_from_the_state_file(tmp_path):
-    from raysearch.moasha import DefaultKeepingASHA
+    from raysearch.search.moasha import DefaultKeepingASHA
 
     def asha():
         return DefaultKeepingASHA(metric="val_loss", mode="min", time_attr="evaluation", grace_period=1,
@@ -435,7 +435,7 @@ def test_a_state_file_from_before_brackets_loads_as_bracket_0(tmp_path):
 
 
 def test_asha_brackets_are_dealt_in_turn_and_kept_across_a_restart(tmp_path):
-    from raysearch.moasha import DefaultKeepingASHA
+    from raysearch.search.moasha import DefaultKeepingASHA
 
     def asha():
         return DefaultKeepingASHA(metric="val_loss", mode="min", time_attr="evaluation", grace_period=1,

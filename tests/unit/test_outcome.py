@@ -1,4 +1,4 @@
-"""How a search ended (raysearch/outcome.py): statuses, the exit code, the closing summary,
+"""How a search ended (raysearch/search/outcome.py): statuses, the exit code, the closing summary,
 and the fail-fast stopper, on fake Tune trials."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysearch.outcome import (
+from raysearch.search.outcome import (
     EXIT_INTERRUPTED,
     EXIT_NOTHING_FINISHED,
     EXIT_OK,

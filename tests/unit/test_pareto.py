@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from raysearch.pareto import hypervolume, pareto_mask, pareto_table
+from raysearch.records.pareto import hypervolume, pareto_mask, pareto_table
 
 
 def test_mask_accuracy_max_params_min() -> None:

@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from raysearch.cli import app
-from raysearch.preflight import columns_of, machine_problems, resource_problems
-from raysearch.spec import spec_from_dict
+from raysearch.experiment.preflight import columns_of, machine_problems, resource_problems
+from raysearch.experiment.spec import spec_from_dict
 
 SPACE = {"rank": {"choice": [4, 8]}}
 
@@ -28,13 +28,13 @@ def experiment(**sections: Any) -> dict[str, Any]:
 def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    import raysearch.search
+    import raysearch.search.driver
 
     def started(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("bad input must stop the run before Ray or the search starts")
 
     monkeypatch.setattr(ray, "init", started)
-    monkeypatch.setattr(raysearch.search, "run_search", started)
+    monkeypatch.setattr(raysearch.search.driver, "run_search", started)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
@@ -200,7 +200,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def test_target_modules_the_model_lacks_are_caught_before_start(tmp_path, tiny_model_dir):
-    from raysearch.model_checks import target_problems
+    from raysearch.experiment.model_probe import target_problems
 
     base = {"name": "t", "model": str(tiny_model_dir), "task": {"dataset": "builtin:demo"},
             "search": {"space": {"rank": {"choice": [4]}}}}
@@ -226,7 +226,7 @@ def _causal(model: str, tmp_path: Path, **task: Any) -> Any:
 def test_a_task_the_model_has_no_head_for_is_caught_before_start(tmp_path, tiny_model_dir):
     from transformers import AutoConfig
 
-    from raysearch.model_checks import fit_problems
+    from raysearch.experiment.model_probe import fit_problems
 
     (problem,) = fit_problems(_causal(str(tiny_model_dir), tmp_path))  # a BERT classifier cannot generate
     assert (problem.path, problem.value) == ("task.type", "causal_lm") and "bert" in problem.message
@@ -242,7 +242,7 @@ def test_a_task_the_model_has_no_head_for_is_caught_before_start(tmp_path, tiny_
 def test_a_trained_head_with_another_label_count_is_caught(tmp_path):
     from tiny_bert import save_tiny_bert
 
-    from raysearch.model_checks import fit_problems
+    from raysearch.experiment.model_probe import fit_problems
 
     def spec(labels: int) -> Any:
         return spec_from_dict({"name": "l", "model": str(save_tiny_bert(tmp_path / f"bert{labels}", num_labels=labels)),
@@ -254,7 +254,7 @@ def test_a_trained_head_with_another_label_count_is_caught(tmp_path):
 
 
 def test_a_chat_prompt_needs_a_chat_template_and_an_answer_an_eos(tmp_path):
-    from raysearch.model_checks import fit_problems
+    from raysearch.experiment.model_probe import fit_problems
 
     (problem,) = fit_problems(_causal("builtin:tiny-llama", tmp_path, prompt_template="chat"))
     assert (problem.path, problem.value) == ("task.prompt_template", "chat") and "no chat template" in problem.message
@@ -272,7 +272,7 @@ def test_a_chat_prompt_needs_a_chat_template_and_an_answer_an_eos(tmp_path):
 
 
 def test_gora_rank_cap_above_the_targeted_layers_is_caught(tmp_path):
-    from raysearch.model_checks import fit_problems
+    from raysearch.experiment.model_probe import fit_problems
 
     def spec(r_max: int) -> Any:  # tiny-llama: hidden 32; k/v project to 32 too (no grouped heads)
         return spec_from_dict({"name": "g", "model": "builtin:tiny-llama", "adapter": {"gora_r_max": r_max},

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from raysearch.progress import LiveProgress
+from raysearch.search.progress import LiveProgress
 
 
 def test_the_last_frame_ends_its_line_when_output_is_not_a_terminal():

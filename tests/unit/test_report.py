@@ -8,7 +8,7 @@ import re
 import optuna
 import pytest
 
-from raysearch.report import build_report, curves_figure, importances, pareto_figure, rank_figures, run_url
+from raysearch.records.report_page import build_report, curves_figure, importances, pareto_figure, rank_figures, run_url
 
 OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from raysearch.export import experiment_text
-from raysearch.redaction import redact
-from raysearch.search import ResumeError, saved_spec
-from raysearch.spec import spec_from_dict
+from raysearch.records.export_trial import experiment_text
+from raysearch.experiment.redaction import redact
+from raysearch.search.driver import ResumeError, saved_spec
+from raysearch.experiment.spec import spec_from_dict
 
 EXPERIMENT = {"name": "resumable", "search": {"space": {"rank": {"choice": [4, 8]}}, "num_trials": 3}}
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raysearch.cli import app
-from raysearch.spec import load_spec
+from raysearch.experiment.spec import load_spec
 
 SPACES = sorted((Path(__file__).parents[2] / "search_spaces").glob("*.yaml"))
 
@@ -91,9 +91,9 @@ def test_the_driver_validates_and_starts_without_the_training_libraries(tmp_path
     and the loop's data code are the trial process's to import (~3.5 s on 2 cores)."""
     code = (
         "import sys\n"
-        "import raysearch.cli, raysearch.search\n"
-        "from raysearch.preflight import machine_problems\n"
-        "from raysearch.spec import load_spec\n"
+        "import raysearch.cli, raysearch.search.driver\n"
+        "from raysearch.experiment.preflight import machine_problems\n"
+        "from raysearch.experiment.spec import load_spec\n"
         "for path in sys.argv[2:]:\n"
         "    machine_problems(load_spec(path), sys.argv[1])\n"
         "print(' '.join(m for m in ('peft', 'transformers', 'datasets', 'trainables.loop') if m in sys.modules))\n"

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from raysearch import resources
+from raysearch.search import resources
 from raysearch.cli import app
-from raysearch.redaction import is_redacted, loggable, redact
-from raysearch.spec import spec_from_dict
-from raysearch.logged import params_of
-from raysearch.tuner import base_config
+from raysearch.experiment.redaction import is_redacted, loggable, redact
+from raysearch.experiment.spec import spec_from_dict
+from raysearch.records.run_fields import params_of
+from raysearch.search.tuner import base_config
 from trainables import models
 
 MINIMAL = {"name": "sec", "search": {"space": {"rank": {"choice": [4]}}}}

@@ -7,12 +7,12 @@ from typing import Any
 import optuna
 import pytest
 
-import raysearch.checks as checks_module
-from raysearch.sections import num_trials_for
-from raysearch.space import define_by_run, dependency_order, grid_points
-from raysearch.tuner import make_sampler
-from raysearch.sections import SearchSpec
-from raysearch.space import Dimension
+import raysearch.experiment.checks as checks_module
+from raysearch.experiment.sections import num_trials_for
+from raysearch.experiment.space import define_by_run, dependency_order, grid_points
+from raysearch.search.tuner import make_sampler
+from raysearch.experiment.sections import SearchSpec
+from raysearch.experiment.space import Dimension
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -209,7 +209,7 @@ def test_multi_objective_study_runs_with_each_sampler(sampler: str) -> None:
 
 
 def test_contains_follows_choices_ranges_types_and_steps() -> None:
-    from raysearch.space import contains
+    from raysearch.experiment.space import contains
 
     assert contains(Dimension(choice=[2, 8]), 8) and not contains(Dimension(choice=[2, 8]), 4)
     assert not contains(Dimension(choice=[1, 2]), True)  # a boolean is not the number 1
@@ -219,7 +219,7 @@ def test_contains_follows_choices_ranges_types_and_steps() -> None:
 
 
 def test_default_point_keeps_what_the_space_allows_and_honours_when() -> None:
-    from raysearch.space import default_point
+    from raysearch.experiment.space import default_point
 
     space = {
         "variant": Dimension(choice=["lora", "sora"]),

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field
 
-import raysearch.checks as checks_module
+import raysearch.experiment.checks as checks_module
 from trainables.adapters.base import Options
-from raysearch.spec import Problem, Spec, SpecError, load_spec, spec_from_dict
+from raysearch.experiment.spec import Problem, Spec, SpecError, load_spec, spec_from_dict
 
 LORA_PARAMS = frozenset({"rank", "alpha", "scaling", "dropout", "loraplus_ratio", "target_modules"})
 

@@ -12,10 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import Checkpoint
 
-from raysearch.report import pareto_figure
-from raysearch.plots import plot_groups, plottable
-from raysearch.runs import find_trial, leaderboard, search_record
-from raysearch.tracking import MlflowTracking
+from raysearch.records.report_page import pareto_figure
+from raysearch.records.plots import plot_groups, plottable
+from raysearch.records.mlflow_reader import find_trial, leaderboard, search_record
+from raysearch.records.mlflow_writer import MlflowTracking
 
 OBJECTIVES = {"val_accuracy": "max", "adapter_params": "min"}
 EXPERIMENT = "unit-search"

@@ -5,10 +5,10 @@ import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler
 
-from raysearch.space import define_by_run
-from raysearch.spec import spec_from_dict
-from raysearch.resources import effective_concurrency
-from raysearch.tuner import DivergenceAwareOptunaSearch, build_scheduler
+from raysearch.experiment.space import define_by_run
+from raysearch.experiment.spec import spec_from_dict
+from raysearch.search.resources import effective_concurrency
+from raysearch.search.tuner import DivergenceAwareOptunaSearch, build_scheduler
 
 SPACE = {"search": {"space": {"rank": {"choice": [4, 8]}, "lr": {"loguniform": [1e-4, 1e-2]}}}}
 
@@ -49,7 +49,7 @@ def test_the_first_trial_is_the_experiment_files_own_configuration(tmp_path):
     the searched dimensions first; a search restarted on a journal that has trials is not."""
     import optuna
 
-    from raysearch.tuner import build_searcher
+    from raysearch.search.tuner import build_searcher
 
     data = {"adapter": {"variant": "lora", "rank": 16, "alpha": 16}, "train": {"lr": 5e-4},
             "search": {"sampler": "tpe", "seed": 3, "space": {
@@ -71,12 +71,12 @@ def test_the_first_trial_is_the_experiment_files_own_configuration(tmp_path):
 def test_target_is_a_search_dimension_that_sets_the_task_target(tmp_path):
     from trainables.trial import trial_config
 
-    from raysearch.tuner import base_config
+    from raysearch.search.tuner import base_config
 
     spec = spec_from_dict({"search": {"space": {"target": {"choice": ["attention", "all_linear"]}}}})
     config = trial_config(base_config(spec, str(tmp_path)), {"target": "all_linear"})
     assert config["task"]["target"] == "all_linear" and "target" not in config["adapter"]
-    from raysearch.spec import SpecError
+    from raysearch.experiment.spec import SpecError
 
     with pytest.raises(SpecError) as error:
         spec_from_dict({"search": {"space": {"target": {"choice": ["attention", "everything"]}}}})
@@ -92,7 +92,7 @@ def test_a_resumed_driver_prunes_the_checkpoints_of_trials_that_ended_before_the
 
     from ray.train import Checkpoint
 
-    from raysearch.tuner import PruneFinishedCheckpoints
+    from raysearch.search.tuner import PruneFinishedCheckpoints
 
     def trial(name: str, status: str) -> SimpleNamespace:
         for index in range(5):

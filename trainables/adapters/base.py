@@ -19,7 +19,7 @@ def scale(alpha: float, rank: int, scaling: str | float) -> float:
     return alpha / rank ** scaling_exponent(scaling)
 
 
-# Knobs every variant built on LoRA shares; AdapterSpec (raysearch/spec.py) types them.
+# Knobs every variant built on LoRA shares; AdapterSpec (raysearch/experiment/spec.py) types them.
 COMMON_HYPERPARAMS = frozenset({"rank", "alpha", "scaling", "dropout", "loraplus_ratio", "target_modules", "init"})
 
 

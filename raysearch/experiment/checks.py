@@ -7,12 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from raysearch.problems import MISSING, Problem, message, unwrap_optional
-from raysearch.sections import (CAUSAL_LM_METRICS, CAUSAL_LM_ONLY, CLASSIFICATION_METRICS, CLASSIFICATION_ONLY,
+from raysearch.experiment.problems import MISSING, Problem, message, unwrap_optional
+from raysearch.experiment.sections import (CAUSAL_LM_METRICS, CAUSAL_LM_ONLY, CLASSIFICATION_METRICS, CLASSIFICATION_ONLY,
                                 AdapterSpec, SearchSpec, SourceSpec, Spec, TaskSpec, TrainSpec)
-from raysearch.sections import num_trials_for
-from raysearch.space import Dimension, grid_points
-from raysearch.space import when_problems as space_when_problems
+from raysearch.experiment.sections import num_trials_for
+from raysearch.experiment.space import Dimension, grid_points
+from raysearch.experiment.space import when_problems as space_when_problems
 from trainables.contract import CAUSAL_LM_BUILTINS, SEED_DIMENSION, TASK_DIMENSIONS, TRAIN_DIMENSIONS
 
 # The adapter registry (name -> class with ClassVar `hyperparams` and `options`). Imported
@@ -25,7 +25,9 @@ def registry() -> dict[str, Any]:
     """The adapter registry (trainables/adapters), imported on first use."""
     global ADAPTERS
     if ADAPTERS is None:
-        from trainables.adapters import ADAPTERS as adapters
+        from trainables.entry import adapter_registry
+
+        adapters = adapter_registry()
 
         ADAPTERS = adapters
     return ADAPTERS
@@ -208,7 +210,7 @@ def semantic_problems(spec: Spec) -> list[Problem]:
 
 
 def _compare_problems(spec: Spec) -> list[Problem]:
-    """`compare`, `trials_per_cell` and `seeds` (raysearch/cells.py) fit the space and each other."""
+    """`compare`, `trials_per_cell` and `seeds` (raysearch/experiment/comparison.py) fit the space and each other."""
     search, problems = spec.search, []
     if not search.compare:
         if search.trials_per_cell is not None:
@@ -285,7 +287,7 @@ def source_name(item: str | SourceSpec) -> str:
     """A source's name in per-source scores: its `name`, else its file name up to the first dot."""
     if isinstance(item, SourceSpec) and item.name:
         return item.name
-    from trainables.files import source_name as default_name  # no heavy imports
+    from trainables.entry import source_name as default_name  # no heavy imports
 
     return default_name(item if isinstance(item, str) else item.path)
 

@@ -1,6 +1,6 @@
 """The sections of the experiment file as pydantic models (`Spec` and its parts): their fields,
 defaults, per-field checks and help text. Checks that need the whole file are in
-`raysearch/checks.py`; reading a file is `raysearch/spec.py`."""
+`raysearch/experiment/checks.py`; reading a file is `raysearch/experiment/spec.py`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from raysearch.problems import StrictModel as _Model
-from raysearch.space import Dimension, grid_points
+from raysearch.experiment.problems import StrictModel as _Model
+from raysearch.experiment.space import Dimension, grid_points
 from trainables.contract import SEED_DIMENSION
 
 DEFAULT_STORAGE = "./raysearch_results"
@@ -303,7 +303,7 @@ class SearchSpec(_Model):
     """`choice` dimensions to compare fairly, e.g. [scaling, rank]: one cell per combination of
     their values, every cell given the same `trials_per_cell` trials; the other dimensions (lr,
     alpha, ...) are searched inside each cell by the same design of points, and early stopping
-    acts within a cell only (raysearch/cells.py). `raysearch leaderboard NAME --by ...` shows
+    acts within a cell only (raysearch/experiment/comparison.py). `raysearch leaderboard NAME --by ...` shows
     the best of each cell."""
     trials_per_cell: int | None = Field(None, gt=0)
     """With `compare`: the points of the other dimensions each cell trains (a Latin hypercube,
@@ -377,7 +377,7 @@ class Spec(_Model):
     @property
     def storage_dir(self) -> str:
         """Where this experiment's results live: `<storage>/<name>`, absolute for local paths."""
-        from raysearch.storage import search_dir
+        from raysearch.search.storage import search_dir
 
         return search_dir(self.storage or DEFAULT_STORAGE, self.name)
 

@@ -52,7 +52,7 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from raysearch import storage
+from raysearch.search import storage
 from trainables.contract import BUDGET_SETTLED, EVALUATION, FINAL
 
 

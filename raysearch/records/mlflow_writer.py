@@ -8,7 +8,7 @@ duplicates runs after a restore and leaves the old ones RUNNING.
 
 Everything goes through MlflowClient with explicit run ids (no fluent
 active-run state), and `close()` terminates whatever is still RUNNING, so no
-run outlives its search. With `runs.py` (which reads the records back) this is the only
+run outlives its search. With `mlflow_reader.py` (which reads the records back) this is the only
 module that imports mlflow.
 """
 
@@ -28,12 +28,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from raysearch.outcome import last_error_line
-from raysearch.plots import write_comparison, write_csv, write_html, write_png
-from raysearch.ranks import parse as parse_ranks, write_heatmap
-from raysearch.logged import artifact_location, metrics_of, params_of, result_step, scaling_rule, trial_checkpoint
-from raysearch.redaction import redact
-from raysearch.runs import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, MAX_TAG_CHARS,
+from raysearch.search.outcome import last_error_line
+from raysearch.records.plots import write_comparison, write_csv, write_html, write_png
+from raysearch.records.ranks import parse as parse_ranks, write_heatmap
+from raysearch.records.run_fields import artifact_location, metrics_of, params_of, result_step, scaling_rule, trial_checkpoint
+from raysearch.experiment.redaction import redact
+from raysearch.records.mlflow_reader import (EXPERIMENT_ARTIFACT, EXPERIMENT_KIND, FINISHED_STATUSES, FRONT_STATUSES, MAX_TAG_CHARS,
                             TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_OBJECTIVES, TAG_PARENT, TAG_PARETO, TAG_REASON, TAG_ROLE,
                             TAG_SEARCH_ID, TAG_STATUS, TAG_TRIAL_ID, cell_table, children, finite, rows_of)
 from trainables.contract import (ADAPTER_PARAMS, DIVERGED_STATUS, EFFECTIVE_LORAPLUS_RATIO, RANK_ALLOCATION,

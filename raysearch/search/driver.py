@@ -15,17 +15,17 @@ import optuna
 import ray
 from rich.console import Console
 
-from raysearch import storage
-from raysearch.storage import EXPERIMENT_FILE, SEARCH_FILE
-from raysearch.export import experiment_text
-from raysearch.ledger import ledger_location, newest_experiment_state, reconcile
-from raysearch.progress import LiveProgress
-from raysearch.sections import num_trials_for
-from raysearch.spec import Spec
-from raysearch.redaction import redact
-from raysearch.tracking import MlflowTracking
-from raysearch.resources import init_ray
-from raysearch.tuner import build_tuner, restore_tuner
+from raysearch.search import storage
+from raysearch.search.storage import EXPERIMENT_FILE, SEARCH_FILE
+from raysearch.records.export_trial import experiment_text
+from raysearch.search.ledger import ledger_location, newest_experiment_state, reconcile
+from raysearch.search.progress import LiveProgress
+from raysearch.experiment.sections import num_trials_for
+from raysearch.experiment.spec import Spec
+from raysearch.experiment.redaction import redact
+from raysearch.records.mlflow_writer import MlflowTracking
+from raysearch.search.resources import init_ray
+from raysearch.search.tuner import build_tuner, restore_tuner
 
 
 
@@ -60,7 +60,7 @@ def ray_environment() -> None:
     # several-fold. A faster poll costs one small actor call per worker (DESIGN-NOTES.md).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_INTERVAL_S))
     # A failed trial is one line in the terminal (its cause and where the traceback is,
-    # raysearch/progress.py), not Tune's multi-screen traceback; the traceback stays in the
+    # raysearch/search/progress.py), not Tune's multi-screen traceback; the traceback stays in the
     # trial's error.txt and its MLflow run.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
@@ -111,8 +111,8 @@ def saved_spec(name: str, storage_root: str, mlflow_uri: str | None = None) -> S
     `mlflow_uri` replaces its MLflow store (needed when it was saved without credentials)."""
     import yaml
 
-    from raysearch.redaction import is_redacted
-    from raysearch.spec import SpecError, spec_from_dict
+    from raysearch.experiment.redaction import is_redacted
+    from raysearch.experiment.spec import SpecError, spec_from_dict
 
     location = storage.search_dir(storage_root, name)
     try:
@@ -180,8 +180,8 @@ def resume_search(spec: Spec, storage_dir: str, console: Console, retry_errored:
 
 def fit(tuner, tracking: MlflowTracking, journal: Path, storage_dir: str) -> None:
     """Run the tuner; however it ends, close the MLflow runs, save the study and stop Ray.
-    How it ended is in `outcome.json` (raysearch/outcome.py), written when Tune ends the search."""
-    from raysearch.outcome import OUTCOME_FILE
+    How it ended is in `outcome.json` (raysearch/search/outcome.py), written when Tune ends the search."""
+    from raysearch.search.outcome import OUTCOME_FILE
 
     storage.delete_file(storage_dir, OUTCOME_FILE)  # an earlier end of this search (before a resume)
     status = "FAILED"

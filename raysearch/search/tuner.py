@@ -13,15 +13,15 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch import storage
-from raysearch.resources import function_resources
-from raysearch.sections import SearchSpec, num_trials_for
-from raysearch.space import default_point, define_by_run, grid_points
-from raysearch.cells import CellScheduler, cell_points, state_name
-from raysearch.moasha import DefaultKeepingASHA, MultiObjectiveASHA
-from raysearch.spec import Spec, rung_metrics
+from raysearch.search import storage
+from raysearch.search.resources import function_resources
+from raysearch.experiment.sections import SearchSpec, num_trials_for
+from raysearch.experiment.space import default_point, define_by_run, grid_points
+from raysearch.experiment.comparison import CellScheduler, cell_points, state_name
+from raysearch.search.moasha import DefaultKeepingASHA, MultiObjectiveASHA
+from raysearch.experiment.spec import Spec, rung_metrics
 from trainables.contract import DIVERGED, EVALUATION, SEED_DIMENSION
-from trainables.trial import run_trial
+from trainables.entry import run_trial
 
 
 TUNE_TRIAL_ATTR = "tune_trial_id"  # on each Optuna trial: the Tune trial it was asked for
@@ -29,7 +29,7 @@ TUNE_TRIAL_ATTR = "tune_trial_id"  # on each Optuna trial: the Tune trial it was
 
 class DivergenceAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna FAIL for a diverged trial, and that a restored search
-    brings level with the Optuna journal (raysearch/ledger.py).
+    brings level with the Optuna journal (raysearch/search/ledger.py).
 
     A diverged trial reports no objective values; plain OptunaSearch would try to
     `tell` None values, fail, and leave the Optuna trial RUNNING forever.
@@ -121,7 +121,7 @@ def file_defaults(spec: Spec) -> dict[str, Any]:
     """What the experiment file itself says for each possible dimension: its `adapter:` and
     `train:` values, `task.target`, and the options of its `adapter.variant` (the variant's own
     defaults where the file sets none)."""
-    from raysearch.checks import registry
+    from raysearch.experiment.checks import registry
 
     variant = registry().get(spec.adapter.variant)
     options = {name: field.default for name, field in variant.options.model_fields.items()} if variant else {}
@@ -150,7 +150,7 @@ def first_points(spec: Spec, journal: optuna.storages.BaseStorage) -> list[dict[
     """What the study is given to try first: the grid's points, or the file's own configuration
     (search.start_with_defaults) in a study that has no trials yet."""
     search = spec.search
-    if search.compare:  # every trial of a comparison is fixed up front (raysearch/cells.py)
+    if search.compare:  # every trial of a comparison is fixed up front (raysearch/experiment/comparison.py)
         seeds = search.space[SEED_DIMENSION].choice if search.seeds > 1 else [spec.train.seed]
         points = cell_points(search.space, search.compare, search.trials_per_cell, seeds, search.seed)
         return points if _new_study(journal, spec.name) else None
@@ -250,8 +250,8 @@ class PruneFinishedCheckpoints(tune.Callback):
 
 
 def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Sequence[tune.Callback]) -> tune.Tuner:
-    from raysearch.ledger import RecordingSearchGenerator, TrialLedger
-    from raysearch.outcome import SearchOutcome
+    from raysearch.search.ledger import RecordingSearchGenerator, TrialLedger
+    from raysearch.search.outcome import SearchOutcome
 
     storage_dir = str(storage_dir)  # a local path or a URI (s3://, gs://, file://): Tune takes both
     # outcome.json, and the fail-fast stopper
@@ -259,7 +259,7 @@ def build_tuner(spec: Spec, storage_dir: str, concurrency: int, callbacks: Seque
     return tune.Tuner(
         build_trainable(spec, storage_dir),
         tune_config=tune.TuneConfig(
-            # records each trial before Optuna or MLflow hear of it (raysearch/ledger.py)
+            # records each trial before Optuna or MLflow hear of it (raysearch/search/ledger.py)
             search_alg=RecordingSearchGenerator(build_searcher(spec, storage_dir, concurrency), storage_dir),
             scheduler=build_scheduler(spec, storage_dir),
             num_samples=num_trials_for(spec.search),

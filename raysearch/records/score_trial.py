@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from raysearch.spec import Spec, spec_from_dict
+from raysearch.experiment.spec import Spec, spec_from_dict
 
 
 @dataclass
@@ -36,7 +36,7 @@ def worker_experiment(spec: Spec) -> dict[str, Any]:
 
 def search_target(mlflow_uri: str, name: str, trial: str | None, base: bool, workdir: Path) -> Target:
     """The best trial (`trial` None), a named trial, or the bare model (`base`) of search `name`."""
-    from raysearch.runs import download_trial, find_trial, latest_search
+    from raysearch.records.mlflow_reader import download_trial, find_trial, latest_search
 
     if base:
         parent_id, text = latest_search(mlflow_uri, name)
@@ -50,7 +50,7 @@ def search_target(mlflow_uri: str, name: str, trial: str | None, base: bool, wor
 
 def folder_target(adapter: Path | None, space: Path) -> Target:
     """An exported adapter folder (or None: the bare model) with the experiment file it was trained by."""
-    from raysearch.spec import load_spec
+    from raysearch.experiment.spec import load_spec
 
     spec = load_spec(space, [])
     return Target(f"{adapter if adapter is not None else spec.model + ' (no adapter)'}", worker_experiment(spec),
@@ -61,11 +61,11 @@ def run_evaluation(target: Target, *, data: Path | None, scoring: str | None, ma
                    mlflow_uri: str | None) -> Any:
     """Score the target; record the scores on its MLflow run when it has one."""
     quiet_libraries()
-    from trainables.evaluation import evaluate
+    from trainables.entry import score as evaluate
 
     result = evaluate(target.experiment, target.adapter, data=data, scoring=scoring, max_examples=max_examples)
     if target.run_id is not None and mlflow_uri is not None:
-        from raysearch.runs import log_test_scores
+        from raysearch.records.mlflow_reader import log_test_scores
 
         name = f"{target.prefix}{result.metric}"
         metrics = {name: result.overall.value}

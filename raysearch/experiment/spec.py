@@ -22,11 +22,11 @@ from typing import Any, Mapping, Sequence
 import yaml
 from pydantic import ValidationError
 
-from raysearch.checks import dataset_paths, semantic_problems, source_name
-from raysearch.problems import MISSING, Problem, SpecError, problems_from_validation
-from raysearch.sections import (CAUSAL_LM_METRICS, CLASSIFICATION_METRICS, DEFAULT_STORAGE, AdapterSpec, EarlyStoppingSpec, ResourcesSpec, SearchSpec,
+from raysearch.experiment.checks import dataset_paths, semantic_problems, source_name
+from raysearch.experiment.problems import MISSING, Problem, SpecError, problems_from_validation
+from raysearch.experiment.sections import (CAUSAL_LM_METRICS, CLASSIFICATION_METRICS, DEFAULT_STORAGE, AdapterSpec, EarlyStoppingSpec, ResourcesSpec, SearchSpec,
                                 SourceSpec, Spec, TaskSpec, TrackingSpec, TrainSpec, rung_metrics)
-from raysearch.space import Dimension
+from raysearch.experiment.space import Dimension
 from trainables.contract import TASK_DIMENSIONS, TRAIN_DIMENSIONS
 
 __all__ = [

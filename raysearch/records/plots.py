@@ -7,7 +7,7 @@ import csv
 from collections.abc import Mapping
 from pathlib import Path
 
-from raysearch.runs import FINISHED_STATUSES, FRONT_STATUSES, finite, sort_rows
+from raysearch.records.mlflow_reader import FINISHED_STATUSES, FRONT_STATUSES, finite, sort_rows
 
 def _param_columns(rows: list[dict], taken: set[str]) -> list[tuple[str, str]]:
     names = sorted({name for row in rows for name in row["params"]})

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from raysearch.space import Dimension, dependency_order, grid_points, is_active
+from raysearch.experiment.space import Dimension, dependency_order, grid_points, is_active
 from trainables.contract import SEED_DIMENSION
 
 
@@ -40,22 +39,7 @@ def design(space: Mapping[str, Dimension], compare: list[str], points: int, seed
     if not names:
         return [{} for _ in range(points)]
     unit = qmc.LatinHypercube(d=len(names), seed=seed).random(points)
-    return [{name: _value(space[name], float(u)) for name, u in zip(names, row)} for row in unit]
-
-
-def _value(dim: Dimension, u: float) -> Any:
-    """The dimension's value at quantile `u` in [0, 1)."""
-    if dim.kind == "choice":
-        values = dim.choice or []
-        return values[min(int(u * len(values)), len(values) - 1)]
-    low, high = dim.bounds
-    if dim.kind == "int":  # integers as strata of [low, high + 1)
-        top = high + 1
-        value = math.exp(math.log(low) + u * (math.log(top) - math.log(low))) if dim.is_log else low + u * (top - low)
-        value = min(int(high), int(math.floor(value)))
-        return int(low + (value - low) // dim.step * dim.step) if dim.step else value
-    value = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if dim.is_log else low + u * (high - low)
-    return min(high, low + round((value - low) / dim.step) * dim.step) if dim.step else value
+    return [{name: space[name].at(float(u)) for name, u in zip(names, row)} for row in unit]
 
 
 def cell_points(space: Mapping[str, Dimension], compare: list[str], trials_per_cell: int, seeds: list[int],

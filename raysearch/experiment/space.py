@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from raysearch.problems import Problem, StrictModel
+from raysearch.experiment.problems import Problem, StrictModel
 
 if TYPE_CHECKING:  # optuna is imported where it is used: reading a file should not pay for it
     import optuna
@@ -133,6 +133,20 @@ class Dimension(StrictModel):
     @property
     def is_log(self) -> bool:
         return self.kind == "loguniform" or self.log
+
+    def at(self, u: float) -> Any:
+        """The value at quantile `u` in [0, 1): a choice's values as equal strata, a range on a log
+        scale where it is one, an int range as strata of [low, high + 1), `step` respected."""
+        if self.kind == "choice":
+            values = self.choice or []
+            return values[min(int(u * len(values)), len(values) - 1)]
+        low, high = self.bounds
+        top = high + 1 if self.kind == "int" else high
+        value = math.exp(math.log(low) + u * (math.log(top) - math.log(low))) if self.is_log else low + u * (top - low)
+        if self.kind == "int":
+            value = min(int(high), int(math.floor(value)))
+            return int(low + (value - low) // self.step * self.step) if self.step else value
+        return min(high, low + round((value - low) / self.step) * self.step) if self.step else value
 
 
 

@@ -1,6 +1,6 @@
 """The search's records in MLflow, read back: the tags raysearch writes on its runs, the
 leaderboard rows (with the Pareto flag over the trials that ran to the end), and the look-ups
-behind `leaderboard`, `export`, `evaluate` and `report`. The live writer is `tracking.py`."""
+behind `leaderboard`, `export`, `evaluate` and `report`. The live writer is `mlflow_writer.py`."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,9 @@ from typing import Any
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from raysearch.pareto import pareto_table
-from raysearch.ranks import parse as parse_ranks
-from raysearch.redaction import redact
+from raysearch.records.pareto import pareto_table
+from raysearch.records.ranks import parse as parse_ranks
+from raysearch.experiment.redaction import redact
 from trainables.contract import COMPLETED, FINISHED, SEED_DIMENSION
 
 TAG_ROLE = "raysearch.role"
@@ -272,7 +272,7 @@ def log_test_scores(mlflow_uri: str, run_id: str, metrics: Mapping[str, float], 
 
 
 # A trial run's params that are not part of its configuration: its seed (a comparison's
-# replicate, raysearch/cells.py), and what the variant implied
+# replicate, raysearch/experiment/comparison.py), and what the variant implied
 NOT_CONFIGURATION = (SEED_DIMENSION, "scaling_rule", "effective_loraplus_ratio")
 
 

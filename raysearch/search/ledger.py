@@ -28,8 +28,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.search import SearchGenerator
 
-from raysearch import storage
-
+from raysearch.search import storage
 LEDGER_DIR = "ledger"
 TERMINATED, ERROR = "TERMINATED", "ERROR"
 

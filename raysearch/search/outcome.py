@@ -102,12 +102,11 @@ class SearchOutcome(tune.Callback, Stopper):
             self.ended_order.append(trial_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        from raysearch import storage
-
+        from raysearch.search import storage
         storage.write_text(self.storage_dir, OUTCOME_FILE, json.dumps(self.describe(trials), indent=1))
 
     def describe(self, trials: list) -> dict[str, Any]:
-        from raysearch.ledger import ended_trials
+        from raysearch.search.ledger import ended_trials
 
         # Trials that ended by themselves: those this callback saw end, and those the ledger
         # recorded ending (after the Tune save this callback's state was restored from).
@@ -149,8 +148,7 @@ class SearchOutcome(tune.Callback, Stopper):
 
 
 def read_outcome(storage_dir: str) -> dict[str, Any] | None:
-    from raysearch import storage
-
+    from raysearch.search import storage
     text = storage.read_text(str(storage_dir), OUTCOME_FILE)
     return json.loads(text) if text else None
 

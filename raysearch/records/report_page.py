@@ -167,7 +167,7 @@ def importance_figures(study: Any, objectives: dict[str, str], found: dict[str, 
 def rank_figures(record: dict) -> list[go.Figure]:
     """The rank allocation of each adaptive variant's best trial (rows come best first); a
     variant whose allocation is the same rank in every module has nothing to show."""
-    from raysearch.ranks import grid
+    from raysearch.records.ranks import grid
 
     figures, seen = [], set()
     for row in record["rows"]:
@@ -273,7 +273,7 @@ def build_report(name: str, record: dict, study: Any | None, mlflow_ui: str) -> 
 def write_report(name: str, storage_dir: str, mlflow_uri: str, out: Path, mlflow_ui: str) -> tuple[Path, str]:
     """Write the page to `out` and log it on the search's parent MLflow run; returns the page
     and the search's MLflow experiment page (training runs)."""
-    from raysearch.runs import log_report, search_record
+    from raysearch.records.mlflow_reader import log_report, search_record
 
     record = search_record(mlflow_uri, name)
     study = load_study(storage_dir, name)
@@ -289,8 +289,7 @@ def load_study(storage_dir: str, name: str) -> Any | None:
 
     import optuna
 
-    from raysearch import storage
-
+    from raysearch.search import storage
     journal = storage.journal_file(storage_dir, name)
     if not journal.is_file():
         text = storage.read_text(storage_dir, storage.JOURNAL)  # an object store's copy

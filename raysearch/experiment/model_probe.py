@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from raysearch.spec import Problem, Spec
-from trainables.files import is_local_source, split_files
+from raysearch.experiment.spec import Problem, Spec
+from trainables.entry import is_local_source, split_files
 
 def model_problems(spec: Spec) -> list[Problem]:
     """A local model folder must exist. `builtin:` models ship with the package; hub ids
     (`name` or `org/name`) are not checked: that needs the network (HF_HUB_OFFLINE)."""
     name = spec.model
     if name == "builtin:smollm2":
-        from trainables.pretrained import smollm2_gguf  # the file only: nothing is converted here
+        from trainables.entry import smollm2_gguf  # the file only: nothing is converted here
 
         try:
             smollm2_gguf()
@@ -48,7 +48,7 @@ def target_problems(spec: Spec) -> list[Problem]:
     model = _meta_model(spec)
     if model is None:
         return []
-    from trainables.models import resolve_target_modules
+    from trainables.entry import resolve_target_modules
 
     problems = []
     for where, modules in named:
@@ -64,7 +64,7 @@ def _model_path(spec: Spec) -> str | None:
     builtin's name); None for a hub id, or SmolLM2 before its first conversion."""
     name = spec.model
     if name == "builtin:smollm2":
-        from trainables.pretrained import cache_dir
+        from trainables.entry import cache_dir
 
         folders = sorted((cache_dir() / "models").glob("smollm2-*/config.json"))
         return str(folders[-1].parent) if folders else None  # else the first trial converts and checks it
@@ -85,7 +85,7 @@ def _model_config(spec: Spec) -> dict | None:
         return None
     if path in _IN_MEMORY_CONFIGS:
         return dict(_IN_MEMORY_CONFIGS[path])
-    from trainables.models import resolve_model_path
+    from trainables.entry import resolve_model_path
 
     try:
         return json.loads((Path(resolve_model_path(path)).expanduser() / "config.json").read_text())
@@ -102,11 +102,11 @@ def _meta_model(spec: Spec):
     import torch
 
     from trainables.contract import IN_MEMORY_BUILTINS
-    from trainables.models import resolve_model_path
+    from trainables.entry import resolve_model_path
 
     try:
         if path in IN_MEMORY_BUILTINS:
-            from trainables.models import tiny_llama
+            from trainables.entry import tiny_llama
 
             return tiny_llama()[0]
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -193,7 +193,7 @@ def _data_label_count(spec: Spec) -> int | None:
         files = split_files(path) if path.exists() else []
         if not files or sum(f.stat().st_size for f in files) > DATA_SIZE_TO_COUNT_LABELS:
             return None
-    from trainables.data import load_splits, num_labels
+    from trainables.entry import load_splits, num_labels
 
     try:
         return num_labels(load_splits(spec.task.model_dump()))
@@ -207,7 +207,7 @@ def _eos_problems(spec: Spec, config: dict) -> list[Problem]:
     path = _model_path(spec)
     if path is None or path in _IN_MEMORY_CONFIGS or spec.model == "builtin:smollm2" or config.get("eos_token_id") is not None:
         return []
-    from trainables.models import resolve_model_path
+    from trainables.entry import resolve_model_path
 
     folder = Path(resolve_model_path(path)).expanduser()
     for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
@@ -228,7 +228,7 @@ def _chat_template_problems(spec: Spec) -> list[Problem]:
     if spec.model == "builtin:smollm2" or path is None:
         return []  # SmolLM2's GGUF carries its chat template
     if path not in _IN_MEMORY_CONFIGS:  # tiny-llama's tokenizer (MiniLM's vocabulary) has none
-        from trainables.models import resolve_model_path
+        from trainables.entry import resolve_model_path
 
         folder = Path(resolve_model_path(path)).expanduser()
         if any((folder / name).is_file() for name in ("chat_template.jinja", "chat_template.json")):
@@ -251,7 +251,7 @@ def _gora_rank_problems(spec: Spec) -> list[Problem]:
     model = _meta_model(spec)
     if model is None:
         return []
-    from trainables.models import matches_target, resolve_target_modules
+    from trainables.entry import matches_target, resolve_target_modules
 
     try:
         targets = resolve_target_modules(model, list(spec.adapter.target_modules or []) or None)

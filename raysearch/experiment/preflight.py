@@ -21,10 +21,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from raysearch import storage
-from raysearch.spec import Problem, Spec, dataset_paths
-from raysearch.model_checks import fit_problems, model_problems, target_problems
-from trainables.files import is_local_source, split_files
+from raysearch.search import storage
+from raysearch.experiment.spec import Problem, Spec, dataset_paths
+from raysearch.experiment.model_probe import fit_problems, model_problems, target_problems
+from trainables.entry import is_local_source, split_files
 
 HTTP_TIMEOUT_S = 3.0
 
@@ -180,7 +180,7 @@ def _writable_folder(path: Path) -> str | None:
 
 
 def mlflow_problems(uri: str) -> list[Problem]:
-    from raysearch.redaction import redact  # the URI may carry user:password
+    from raysearch.experiment.redaction import redact  # the URI may carry user:password
 
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):

@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from raysearch.outcome import error_location, last_error_line
+from raysearch.search.outcome import error_location, last_error_line
 from trainables.contract import trial_status
-from raysearch.pareto import pareto_table
+from raysearch.records.pareto import pareto_table
 
 
 class LiveProgress(tune.Callback):

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from raysearch.redaction import loggable
-from raysearch.runs import finite
+from raysearch.experiment.redaction import loggable
+from raysearch.records.mlflow_reader import finite
 from trainables.contract import ADAPTER_PARAMS, CHECKPOINT_PATH, RESUMED_FROM_STEP, STEP
 
 _PLAIN_METRICS = (ADAPTER_PARAMS, "train_loss", "lr", "epoch", RESUMED_FROM_STEP, "eval_s")

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from raysearch.redaction import is_redacted
-from raysearch.spec import Spec, spec_from_dict
+from raysearch.experiment.redaction import is_redacted
+from raysearch.experiment.spec import Spec, spec_from_dict
 
 
 def experiment_text(spec: Spec) -> str:
@@ -48,7 +48,7 @@ def retrain_experiment(experiment: dict[str, Any], params: dict[str, str], trial
 
 def export_trial(mlflow_uri: str, name: str, trial: str | None, out_dir: Path) -> tuple[dict, Path, Path]:
     """Write `out_dir/adapter/` and `out_dir/experiment.yaml`; returns (row, adapter, yaml path)."""
-    from raysearch.runs import download_trial, find_trial
+    from raysearch.records.mlflow_reader import download_trial, find_trial
 
     row = find_trial(mlflow_uri, name, trial)
     adapter, text = download_trial(mlflow_uri, row, out_dir)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import ray
 
-from raysearch import storage
-from raysearch.cluster import ClusterInfo, ClusterSetupError, check_address, describe_cluster
-from raysearch.spec import DEFAULT_STORAGE, Spec
+from raysearch.search import storage
+from raysearch.search.cluster import ClusterInfo, ClusterSetupError, check_address, describe_cluster
+from raysearch.experiment.spec import DEFAULT_STORAGE, Spec
 
 # A Tune function that starts a Ray Train run only waits on TorchTrainer.fit(); the
 # workers hold the real CPUs/GPUs. Each concurrent trial gets one extra logical CPU on a

@@ -1,0 +1,95 @@
+"""The worker's code the driver calls, and its only way into trainables/ besides the names and
+keys of trainables/contract.py (tests/unit/test_imports.py): the trial function Tune runs,
+the adapter registry (to validate variant options), the scoring `raysearch evaluate` runs,
+and what preflight probes on this machine before anything starts (raysearch/experiment/
+model_probe.py and preflight.py: data files, model folders and configs, the SmolLM2 cache,
+label counts). The file helpers are stdlib only; everything else imports torch,
+transformers or datasets when first called, so that importing this module stays light."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from trainables.files import is_local_source, source_name, split_files
+
+
+def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
+    """The function Tune runs for each trial (trainables/trial.py): its sampled configuration and
+    the experiment's base configuration; inline, or one Ray Train run."""
+    from trainables.trial import run_trial as run
+
+    run(sampled, base)
+
+
+def adapter_registry() -> Mapping[str, Any]:
+    """Variant name -> its Adapter class (trainables/adapters): what the experiment file may name."""
+    from trainables.adapters import ADAPTERS
+
+    return ADAPTERS
+
+
+def score(*args: Any, **kwargs: Any) -> Any:
+    """trainables/evaluation.py `evaluate`: an adapter or the bare model scored on held-out records."""
+    from trainables.evaluation import evaluate
+
+    return evaluate(*args, **kwargs)
+
+
+def smollm2_gguf() -> Path:
+    """builtin:smollm2's GGUF file (trainables/pretrained.py); nothing is converted."""
+    from trainables.pretrained import smollm2_gguf as gguf
+
+    return gguf()
+
+
+def cache_dir() -> Path:
+    """Where converted pretrained models are cached (trainables/pretrained.py)."""
+    from trainables.pretrained import cache_dir as folder
+
+    return folder()
+
+
+def resolve_model_path(name: str) -> str:
+    """A `model:` value as the worker loads it: a folder, a hub id, a built-in (trainables/models.py)."""
+    from trainables.models import resolve_model_path as resolve
+
+    return resolve(name)
+
+
+def tiny_llama() -> tuple[Any, Any]:
+    """builtin:tiny-llama, built from its config (model, tokenizer)."""
+    from trainables.models import tiny_llama as build
+
+    return build()
+
+
+def matches_target(full_name: str, target: str) -> bool:
+    """Whether a module name is one a `target_modules` entry selects (trainables/models.py)."""
+    from trainables.models import matches_target as matches
+
+    return matches(full_name, target)
+
+
+def resolve_target_modules(model: Any, override: list[str] | None = None, preset: str = "attention") -> list[str]:
+    """The modules an adapter wraps in `model` for `task.target` (or `adapter.target_modules`)."""
+    from trainables.models import resolve_target_modules as resolve
+
+    return resolve(model, override, preset)
+
+
+def load_splits(task: dict[str, Any], seed: int = 0) -> Any:
+    """The task's data as the worker reads it (trainables/data.py)."""
+    from trainables.data import load_splits as load
+
+    return load(task, seed)
+
+
+def num_labels(splits: Any) -> int:
+    """The label count a classification head gets from these splits."""
+    from trainables.data import num_labels as count
+
+    return count(splits)
+
+
+__all__ = ["adapter_registry", "run_trial", "score", "cache_dir", "is_local_source", "load_splits", "matches_target", "num_labels", "resolve_model_path",
+           "resolve_target_modules", "smollm2_gguf", "source_name", "split_files", "tiny_llama"]
