@@ -95,10 +95,22 @@ def _model_config(spec: Spec) -> dict | None:
 
 def _meta_model(spec: Spec):
     """The experiment's model with its layers but no weights (meta device); None when only its
-    hub id is known, or the model cannot be built from its config here."""
+    hub id is known, or the model cannot be built from its config here. Built once per model,
+    task type and trust setting (target_problems and the GoRA check both read it)."""
     path = _model_path(spec)
     if path is None:
         return None
+    key = (path, spec.task.type, spec.trust_remote_code)
+    if key not in _META_MODELS:
+        _META_MODELS.clear()  # one model at a time: a meta model holds no weights, but its modules add up
+        _META_MODELS[key] = _build_meta_model(path, spec)
+    return _META_MODELS[key]
+
+
+_META_MODELS: dict[tuple, object] = {}
+
+
+def _build_meta_model(path: str, spec: Spec):
     import torch
 
     from trainables.contract import IN_MEMORY_BUILTINS

@@ -285,6 +285,21 @@ def test_gora_rank_cap_above_the_targeted_layers_is_caught(tmp_path):
     assert fit_problems(spec(32)) == []
 
 
+def test_preflight_builds_the_meta_model_once(tmp_path, tiny_model_dir, monkeypatch):
+    """target_problems and the GoRA check read one model built from its config (issue 30)."""
+    from raysearch.experiment import model_probe
+
+    built = []
+    build = model_probe._build_meta_model
+    monkeypatch.setattr(model_probe, "_build_meta_model", lambda *a: built.append(a) or build(*a))
+    monkeypatch.setattr(model_probe, "_META_MODELS", {})
+    spec = spec_from_dict({"name": "g", "model": str(tiny_model_dir),
+                           "adapter": {"target_modules": ["query"], "gora_r_max": 8},
+                           "search": {"space": {"variant": {"choice": ["lora", "gora"]}, "rank": {"choice": [4]}}}})
+    assert model_probe.target_problems(spec) == [] and model_probe.fit_problems(spec) == []
+    assert len(built) == 1
+
+
 def test_fit_problems_stop_the_cli_with_exit_2(tmp_path, tiny_model_dir):
     data = experiment(model=str(tiny_model_dir), task={"type": "causal_lm", "dataset": str(tmp_path)},
                       search={"space": dict(SPACE), "objectives": {"val_answer_accuracy": "max"}})
