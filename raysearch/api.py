@@ -6,6 +6,9 @@
     search.best              # the best trial that ran to the end: config, metrics, MLflow run id
     search.export("out")     # its adapter as plain PEFT, and a file that retrains it
 
+The other verbs by a search's name: `leaderboard` (and `cells` for `--by`), `export`,
+`evaluate`, `report`, `resume_search`, `load_search`.
+
 Bad input raises `RaysearchError`, whose `problems` are the lines `raysearch run` prints and
 whose `exit_code` is the one it exits with (2); nothing has been started or written then.
 The CLI (raysearch/cli.py) is a thin layer over these functions. Heavy libraries (Ray, MLflow,

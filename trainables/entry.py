@@ -84,6 +84,25 @@ def load_splits(task: dict[str, Any], seed: int = 0) -> Any:
     return load(task, seed)
 
 
+def cached_hub_splits(source: str) -> Any | None:
+    """An `hf:<id>[:<config>]` dataset's splits when the datasets cache holds it, read offline
+    (nothing is downloaded, whatever the environment says); None when it is not cached."""
+    import datasets
+    import datasets.config as config
+
+    dataset_id, _, name = source[len("hf:"):].partition(":")
+    if not (Path(config.HF_DATASETS_CACHE) / dataset_id.replace("/", "___")).is_dir():
+        return None
+    offline = config.HF_HUB_OFFLINE
+    config.HF_HUB_OFFLINE = True
+    try:
+        return datasets.load_dataset(dataset_id, name or None)
+    except Exception:  # noqa: BLE001 - not usable from the cache: the trials report why
+        return None
+    finally:
+        config.HF_HUB_OFFLINE = offline
+
+
 def num_labels(splits: Any) -> int:
     """The label count a classification head gets from these splits."""
     from trainables.data import num_labels as count
@@ -91,5 +110,5 @@ def num_labels(splits: Any) -> int:
     return count(splits)
 
 
-__all__ = ["adapter_registry", "run_trial", "score", "cache_dir", "is_local_source", "load_splits", "matches_target", "num_labels", "resolve_model_path",
+__all__ = ["adapter_registry", "run_trial", "score", "cache_dir", "cached_hub_splits", "is_local_source", "load_splits", "matches_target", "num_labels", "resolve_model_path",
            "resolve_target_modules", "smollm2_gguf", "source_name", "split_files", "tiny_llama"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import string
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from trainables.files import read_json_records
 
@@ -109,7 +109,7 @@ def data_problems(path: str | Path, *, fields: Sequence[str] = (), templates: Se
                   instructions: bool = False,
                   label_field: str | None = None, label_names: Sequence[str] | None = None,
                   split: tuple[float, bool] | None = None, labels: set[str] | None = None,
-                  limit: int = 5) -> list[str]:
+                  rows: Iterable[dict[str, Any]] | None = None, limit: int = 5) -> list[str]:
     """Why the local data file `path` cannot feed the task, at most `limit` reasons ("row N:"
     counts a table's header as row 1, "record N:" counts from 1); [] when it can.
 
@@ -121,13 +121,17 @@ def data_problems(path: str | Path, *, fields: Sequence[str] = (), templates: Se
     - `label_field`: labels of more than one kind (`label_kind`: "positive" beside 1);
     - `split` (test_fraction, has a validation file), for a training file: too few records for
       the worker's test and validation splits (`split_problem`).
-    `labels`, when given, receives every label value as text (the caller compares files)."""
+    `labels`, when given, receives every label value as text (the caller compares files).
+    `rows`: the records themselves (a cached hub dataset's split), `path` naming them."""
     path = Path(path)
     suffix = path.suffix.lower()
     problems: list[str] = []
     fields = list(dict.fromkeys([*fields, *(name for t in templates for name in template_fields(t))]))
     try:
-        if suffix == ".parquet":
+        if rows is not None:
+            header, kind = None, "row"
+            records = ((number, None, record) for number, record in enumerate(rows, start=1))
+        elif suffix == ".parquet":
             header = None
             wanted = [*fields, *([label_field] if label_field else [])]
             records = ((number, None, record) for number, record in enumerate(parquet_records(path, wanted), start=1))

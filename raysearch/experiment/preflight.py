@@ -7,8 +7,8 @@ cheaply (a file's header, not its records; one HTTP request with a short time-ou
 returns every problem at once, each with its YAML path and the fix. `raysearch run`
 calls it before Ray is started, an MLflow run is opened or a folder is created.
 
-Not checked, because they cannot be offline or without credentials: `hf:` datasets,
-hub model ids, object-store storage (`s3://`, `gs://`: the first write checks it) and
+Not checked, because they cannot be offline or without credentials: `hf:` datasets the
+local cache does not hold (a cached one is read from the cache and checked), hub model ids, object-store storage (`s3://`, `gs://`: the first write checks it) and
 database MLflow URIs other than sqlite.
 """
 from __future__ import annotations
@@ -114,7 +114,24 @@ def record_problems(spec: Spec) -> list[Problem]:
     task, problems = spec.task, []
     items = task.dataset if isinstance(task.dataset, list) else [task.dataset]
     for (where, source), item in zip(dataset_paths(task), items):
-        if not is_local_source(source):
+        if is_local_source(source):
+            files = [(str(file), {}) for file in split_files(Path(source).expanduser())]
+            training = bool(files) and (Path(files[0][0]) == Path(source).expanduser()
+                                        or Path(files[0][0]).stem.lower().startswith("train"))
+        elif source.startswith("hf:"):
+            from trainables.entry import cached_hub_splits
+
+            splits = cached_hub_splits(source)  # checked only when the datasets cache has it
+            if splits is None:
+                continue
+            if "train" not in splits:
+                problems.append(Problem(where, source, f"the cached dataset has no 'train' split (its splits: "
+                                        f"{', '.join(splits)}). Nothing was started."))
+                continue
+            named = ["train", *[n for n in ("validation", "dev") if n in splits][:1]]
+            files = [(f"{source} (cached, split {n})", {"rows": iter(splits[n])}) for n in named]
+            training = True
+        else:
             continue
         if task.type == "classification":
             needs = {"fields": [task.label_field, *(task.text_fields or [])], "label_field": task.label_field}
@@ -123,20 +140,18 @@ def record_problems(spec: Spec) -> list[Problem]:
                      "label_field": item.label_field, "label_names": item.label_names}
         else:
             needs = {"instructions": True}
-        files = split_files(Path(source).expanduser())
         labels: list[set[str]] = []
-        for number, file in enumerate(files):
+        for number, (file, given) in enumerate(files):
             labels.append(set())
-            training = number == 0 and (file == Path(source).expanduser() or file.stem.lower().startswith("train"))
-            split = (task.test_fraction, len(files) > 1) if training else None
-            problems.extend(Problem(where, str(file), f"{message}. Nothing was started: fix the file or leave "
+            split = (task.test_fraction, len(files) > 1) if number == 0 and training else None
+            problems.extend(Problem(where, file, f"{message}. Nothing was started: fix the data or leave "
                                     "the source out.")
-                            for message in data_problems(str(file), **needs, split=split, labels=labels[-1]))
+                            for message in data_problems(file, **needs, split=split, labels=labels[-1], **given))
         unseen = sorted(labels[1] - labels[0]) if len(labels) > 1 and task.type == "classification" else []
         if unseen and not problems:
-            problems.append(Problem(where, str(files[1]), f"labels {unseen[:5]} are not in the training file "
-                                    f"{files[0]} (its labels: {sorted(labels[0])[:10]}): the head would have classes "
-                                    "no trial trains on. Nothing was started: fix the labels."))
+            problems.append(Problem(where, files[1][0], f"labels {unseen[:5]} are not in the training file "
+                                    f"{files[0][0]} (its labels: {sorted(labels[0])[:10]}): the head would have "
+                                    "classes no trial trains on. Nothing was started: fix the labels."))
     return problems
 
 

@@ -449,3 +449,46 @@ def test_a_parquet_file_is_read_to_its_last_row(tmp_path):
     output = run_bad(tmp_path, experiment(task={"dataset": str(file), "text_fields": ["sentence"]}),
                      field="task.dataset")
     assert "holds no rows" in " ".join(output.split())
+
+
+# hf: datasets in the local cache (issue 29, part 1): read offline, checked like a file.
+
+
+def cached_hub_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, csv: str, name: str = "tiny") -> str:
+    """`hf:raysearch-tests/<name>` as the datasets cache holds a dataset once downloaded: built
+    here from a CSV with the packaged csv builder, then filed under the hub id."""
+    import shutil
+
+    import datasets
+    import datasets.config
+
+    (tmp_path / "train.csv").write_text(csv)
+    built = tmp_path / "built"
+    datasets.load_dataset("csv", data_files={"train": str(tmp_path / "train.csv")}, cache_dir=str(built))
+    (version,) = [p for p in built.glob("csv/*/*/*") if p.is_dir()]
+    cache = tmp_path / "hub-cache"
+    target = cache / f"raysearch-tests___{name}" / "default" / "0.0.0" / "cached"
+    shutil.copytree(version, target)
+    for arrow in target.glob("csv-*.arrow"):
+        arrow.rename(target / arrow.name.replace("csv-", f"{name}-", 1))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return f"hf:raysearch-tests/{name}"
+
+
+def test_a_cached_hub_dataset_with_a_bad_row_stops_before_start(tmp_path, monkeypatch):
+    source = cached_hub_dataset(tmp_path, monkeypatch, "sentence,label\ngood,1\n,0\nfine,1\nbad,0\n")
+    output = run_bad(tmp_path, experiment(task={"dataset": source, "text_fields": ["sentence"]}), field="task.dataset")
+    text = " ".join(output.split())
+    assert "(cached, split train)" in text and "row 2 has no value for 'sentence'" in text
+
+
+def test_a_cached_hub_dataset_that_is_fine_passes_and_an_uncached_one_is_not_looked_up(tmp_path, monkeypatch):
+    from raysearch.experiment.preflight import record_problems
+    from trainables import entry
+
+    source = cached_hub_dataset(tmp_path, monkeypatch, "sentence,label\ngood,1\nbad,0\nfine,1\nmeh,0\n")
+    spec = spec_from_dict(experiment(task={"dataset": source, "text_fields": ["sentence"]}))
+    assert record_problems(spec) == []
+    assert entry.cached_hub_splits("hf:raysearch-tests/not-cached") is None  # no folder: no load, no network
+    spec = spec_from_dict(experiment(task={"dataset": "hf:raysearch-tests/not-cached", "text_fields": ["sentence"]}))
+    assert record_problems(spec) == []
