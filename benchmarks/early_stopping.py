@@ -19,10 +19,13 @@ once with the recorded times and REPLAYS times with each report's time x lognorm
 which changes which trials a rung compares. Settings: ASHA on val_loss, MOASHA on (val_loss,
 adapter_params) and on the objectives themselves (val_accuracy, adapter_params), reduction
 factors 3 and 2, grace 1 and 2, each MOASHA with its default min_rung_size; and the default
-MOASHA (objectives, η=2, grace 1) with min_rung_size 1, the rule before it had one. A replay
+MOASHA (objectives, η=2, grace 1) with min_rung_size 1, the rule before it had one; and
+Hyperband brackets (`early_stopping.brackets`): MOASHA with 2 and 3, ASHA with 2. A replay
 is in-sample when the setting it reports was chosen on the same curves; the default space has
 no adaptive variant, so a trial never skips a rung there (`--space adaptive` has them).
-`--no-replay` runs the real searches alone.
+`--no-replay` runs the real searches alone. `--schedulers` picks the real searches beside the
+one without stopping (`moasha-b2`, `moasha-b3`: MOASHA with brackets; `none` alone records the
+curves to replay); a search without stopping already kept in `--workdir` is reused.
 
 Targets (issues 18 and 27), on every seed: <= 50% of the steps, hypervolume >= 95% of no
 stopping's, best accuracy within 0.5 point. The real searches' table says, per seed and
