@@ -229,7 +229,8 @@ class MlflowTracking(Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         """Once, on a resumed search: trials Tune restored as ended whose run the stopped
-        driver never closed (it died between the two records) are closed now, as they ended."""
+        driver never closed (it died between the two records, or while closing it: then the
+        run has its status tag but is KILLED) are closed now, as they ended."""
         if getattr(self, "_reconciled", False):
             return
         self._reconciled = True
@@ -238,7 +239,9 @@ class MlflowTracking(Callback):
         for trial in trials:
             state = str(getattr(trial, "status", ""))
             run = self._find_child(str(trial.trial_id)) if state in ("TERMINATED", "ERROR") else None
-            if run is not None and run.data.tags.get(TAG_STATUS) in ("interrupted", "running"):
+            unclosed = run is not None and (run.data.tags.get(TAG_STATUS) in ("interrupted", "running")
+                                            or run.info.status not in ("FINISHED", "FAILED"))
+            if unclosed:
                 (self.on_trial_complete if state == "TERMINATED" else self.on_trial_error)(iteration, trials, trial)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

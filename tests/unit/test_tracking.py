@@ -420,3 +420,36 @@ def test_every_run_records_the_scaling_its_variant_applied(callback: MlflowTrack
                               _result(20, 0.6, 100, scaling_exponent=exponent, effective_loraplus_ratio=16.0)])
     params = _runs_by_trial(MlflowClient(tracking_uri=uri), callback)["t3"].data.params
     assert params["scaling_rule"] == rule and params["effective_loraplus_ratio"] == "16"
+
+
+def test_a_kill_while_a_resumed_driver_closes_an_ended_trial_is_repaired_by_the_next(uri: str) -> None:
+    """Issue 29, part 6: a trial that ended just before a kill is closed by the resumed driver
+    (`on_step_begin`): status tag, adapter, then FINISHED. Killed between the tag and FINISHED,
+    the run was left KILLED with the tag `completed`, which the next driver took for closed;
+    the one kill-test run that ended with a run not FINISHED. The next driver repairs it."""
+    class Killed(Exception):
+        pass
+
+    def driver() -> MlflowTracking:
+        cb = MlflowTracking(uri, EXPERIMENT, OBJECTIVES, {}, search_id="s1")
+        cb.ensure_parent()  # finds the search's parent run and sweeps what the last driver left RUNNING
+        return cb
+
+    first = driver()
+    trial = FakeTrial("t0", {"variant": "lora", "rank": 8})
+    first.on_trial_start(0, [], trial)
+    _report(first, trial, [_result(20, 0.6, 100, final=True)])  # ended; the driver dies before closing it
+
+    trial.status = "TERMINATED"
+    second = driver()
+    second._log_adapter = lambda *args: (_ for _ in ()).throw(Killed())  # killed mid-close
+    with pytest.raises(Killed):
+        second.on_step_begin(0, [trial])
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([first.experiment_id], "tags.\"raysearch.trial_id\" = 't0'")
+    assert run.data.tags["raysearch.status"] == "completed" and run.info.status == "KILLED"
+
+    third = driver()
+    third.on_step_begin(0, [trial])
+    (run,) = client.search_runs([first.experiment_id], "tags.\"raysearch.trial_id\" = 't0'")
+    assert run.info.status == "FINISHED" and run.data.tags["raysearch.status"] == "completed"
