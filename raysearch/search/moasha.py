@@ -188,6 +188,8 @@ class MultiObjectiveASHA(FIFOScheduler):
     def bracket_of(self, trial_id: str) -> int:
         """The trial's bracket: the next in turn when it is first seen, then kept."""
         brackets = self.brackets  # loads the saved assignment first
+        if len(brackets) == 1:
+            return 0  # nothing to deal, nothing to keep
         if trial_id not in self.assigned:
             self.assigned[trial_id] = len(self.assigned) % len(brackets)
         return self.assigned[trial_id]
