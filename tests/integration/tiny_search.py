@@ -51,7 +51,12 @@ def continuation_problems(steps: list[int], resumed: dict[int, float], steps_at_
     the trial continued from the checkpoint the driver had registered: s, or s - eval_every when
     the kill fell between a report and its checkpoint. `in_flight`: reports the killed process
     had already sent when its last logged step was read (the driver logs them after), which
-    may come before the first one of the restarted process.
+    may come before the first one of the restarted process. Every report of a process that
+    started from a checkpoint says so (`resumed_from_step`), so such an in-flight report carries
+    the killed process's own value, from the kill before; the restarted process's first report
+    is the first in the window whose value differs (or, when both processes started from the
+    same checkpoint, any one of them); when the in-flight reports were the trial's last, the
+    restarted process logs nothing.
 
     `train_run`: a Ray Train run keeps its own checkpoints, and a restarted run continues from
     its newest one, which may be newer than the last step the killed driver logged: the steps
@@ -69,7 +74,11 @@ def continuation_problems(steps: list[int], resumed: dict[int, float], steps_at_
         later = [step for step in steps if step > last]
         if last < 2 * eval_every or not later:
             continue  # no checkpoint to continue from yet, or it had finished
-        first = next((step for step in later[: in_flight + 1] if step in resumed), None)
+        own = resumed.get(last)  # what the killed process's own reports said, if it had been restarted
+        if len(later) <= in_flight and all(resumed.get(step) == own for step in later):
+            continue  # the killed process's in-flight reports ended the trial: the restart logged nothing
+        window = [step for step in later[: in_flight + 1] if step in resumed]
+        first = next((step for step in window if resumed[step] != own), window[-1] if window else None)
         if first is None:
             problems.append(f"started again from step 0 after a kill at step {last}")
         elif not last - eval_every <= resumed[first] <= (first - eval_every if not train_run else first):
