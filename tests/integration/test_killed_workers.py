@@ -133,7 +133,12 @@ class Killer(threading.Thread):
             time.sleep(0.05)
 
 
-@pytest.mark.parametrize("runner", list(RUNNERS))
+# The Ray Train runner is `slow` (make test-slow and CI; 60-100 s on 2 cores: each retry starts
+# a worker group). make test keeps its parts: Tune's retry budget and a kill continuing from a
+# checkpoint (the inline runner here), DDP trials on Ray Train (test_ddp.py) and a worker's death
+# summarised as the trial's error with its retries (tests/unit/test_faults.py). Ray Train's own
+# retry after a SIGKILL runs only in test-slow (here and in test_kill_anytime.py).
+@pytest.mark.parametrize("runner", [pytest.param("ray_train", marks=pytest.mark.slow), "inline"])
 def test_killed_workers_resume_from_checkpoint_then_error_when_retries_run_out(runner, tmp_path, tiny_model_dir):
     runner = RUNNERS[runner]
     space = write_experiment(

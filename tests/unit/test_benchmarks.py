@@ -1,4 +1,8 @@
-"""Every benchmark's --quick mode runs, so the scripts cannot rot (numbers are not checked)."""
+"""Every benchmark's --quick mode runs, so the scripts cannot rot (numbers are not checked).
+
+The quick modes that start Ray or train for tens of seconds are `slow`: CI runs them in
+`make test-slow`, right after `make test`, which checks what they compute with faster tests
+(each marker says which)."""
 from __future__ import annotations
 
 import importlib.util
@@ -61,6 +65,7 @@ def test_search_efficiency_table_quick(capsys, tiny_harness):
     assert "lookup table: 4 configurations" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # make test: RoRA's and LoRA's output variance by rank (test_adapters_contract.py)
 def test_rora_rank_sweep_quick(tmp_path, capsys, tiny_harness):
     plot = tmp_path / "sweep.png"
     rows = load("rora_rank_sweep").main(["--quick", "--plot", str(plot)])
@@ -192,6 +197,7 @@ def test_search_vs_default_runs_the_files_default_first():
 # on 2 cores whatever the trial. `slow` ones run in `make test-slow` (and CI), not `make test`.
 
 
+@pytest.mark.slow  # make test: the overhead table from recorded runs (above); a real search's segments here
 @pytest.mark.integration
 def test_overhead_quick(capsys, tiny_harness):
     rows = load("overhead").main(["--quick"])
@@ -209,6 +215,7 @@ def test_overhead_quick(capsys, tiny_harness):
     assert "ratio raysearch / plain" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # make test: the ASHA replay (above) and real ASHA searches (tests/integration)
 @pytest.mark.integration
 def test_search_efficiency_asha_quick(tmp_path, capsys, tiny_harness):
     module = load("search_efficiency")
@@ -258,6 +265,7 @@ def test_early_stopping_adaptive_quick(tmp_path, capsys, tiny_harness):
     assert all(r["steps_ratio"] == 1.0 for r in replays if r["scheduler"].startswith("moasha"))
 
 
+@pytest.mark.slow  # make test: option-text scoring (test_evaluate.py), causal-LM searches (tests/integration)
 @pytest.mark.integration
 def test_smol_table_quick(tmp_path, capsys):
     """The held-out table's plumbing on builtin:tiny-llama: a 2-trial search, the plain PEFT
