@@ -182,6 +182,9 @@ class Exported:
     status: str
     adapter: Path
     experiment: Path
+    base: Path | None = None
+    """A trial on a pruned base (`pruning:`): the pruned folder its adapter loads on (named in
+    the adapter's config and in `pruning.json` beside it); None for the experiment's own model."""
 
 
 def export(name: str, out_dir: str | Path, *, trial: str | None = None, mlflow_uri: str = DEFAULT_MLFLOW) -> Exported:
@@ -193,10 +196,10 @@ def export(name: str, out_dir: str | Path, *, trial: str | None = None, mlflow_u
     if out.exists() and any(out.iterdir()):
         raise RaysearchError(f"export: {out} exists and is not empty; choose a new folder.")
     try:
-        row, adapter, experiment = export_trial(mlflow_uri, name, trial, out)
+        row, adapter, experiment, base = export_trial(mlflow_uri, name, trial, out)
     except (ValueError, SpecError) as err:
         raise RaysearchError(str(err)) from None
-    return Exported(row["trial_id"], row["status"], Path(adapter), Path(experiment))
+    return Exported(row["trial_id"], row["status"], Path(adapter), Path(experiment), base)
 
 
 @dataclass

@@ -296,7 +296,11 @@ def export(
         report_error(err)
     console.print(f"trial [bold]{done.trial_id}[/] ({done.status}): adapter in {done.adapter}, "
                   f"retrain with `raysearch run --space {done.experiment}`", highlight=False, soft_wrap=True)
-    console.print("load it with: PeftModel.from_pretrained(base_model, "
+    base = f"AutoModelForCausalLM.from_pretrained('{done.base}')" if done.base is not None else "base_model"
+    if done.base is not None:
+        console.print(f"its base is the pruned model in {done.base} (recipe: {done.adapter.parent / 'pruning.json'})",
+                      highlight=False, markup=False, soft_wrap=True)
+    console.print(f"load it with: PeftModel.from_pretrained({base}, "
                   f"'{done.adapter}')", highlight=False, markup=False, soft_wrap=True)
 
 

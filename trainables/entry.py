@@ -3,14 +3,16 @@ keys of trainables/contract.py (tests/unit/test_imports.py): the trial function 
 the adapter registry (to validate variant options), the scoring `raysearch evaluate` runs,
 and what preflight probes on this machine before anything starts (raysearch/experiment/
 model_probe.py and preflight.py: data files, model folders and configs, the SmolLM2 cache,
-label counts). The file helpers are stdlib only; everything else imports torch,
-transformers or datasets when first called, so that importing this module stays light."""
+label counts, the pruning recipe and its calibration data). The file helpers and the pruning
+recipe are stdlib only; everything else imports torch, transformers or datasets when first
+called, so that importing this module stays light."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
 
 from trainables.files import is_local_source, source_name, split_files
+from trainables.pruning import SUPPORTED_TYPES as PRUNABLE_MODEL_TYPES  # stdlib at import
 
 
 def run_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
@@ -103,6 +105,46 @@ def cached_hub_splits(source: str) -> Any | None:
         config.HF_HUB_OFFLINE = offline
 
 
+def pruning_recipe(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An experiment's pruning recipe with its defaults filled in (trainables/pruning.py; stdlib,
+    nothing read); None without a `pruning` section."""
+    from trainables.pruning import pruning_recipe as recipe
+
+    return recipe(config)
+
+
+def pruning_record(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An experiment's pruning recipe, its hash and its cache folder (trainables/pruning.py; the
+    files are hashed, nothing is built); None without a `pruning` section."""
+    from trainables.pruning import pruning_record as record
+
+    return record(config)
+
+
+def pruned_base(config: Mapping[str, Any]) -> Path:
+    """The experiment's pruned base folder, built first (under its lock) if it is not cached."""
+    from trainables.pruning import ensure_pruned, pruning_recipe
+
+    recipe = pruning_recipe(config)
+    if recipe is None:
+        raise ValueError("the experiment has no pruning section")
+    return ensure_pruned(recipe)
+
+
+def calibration_problems(calibration: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, why) for a recipe's calibration data that cannot give its examples (stdlib only)."""
+    from trainables.pruning_importance import calibration_problems as problems
+
+    return problems(calibration)
+
+
+def pruning_kept_counts(shape: Mapping[str, Any], attention_ratio: float, mlp_ratio: float) -> tuple[int, int]:
+    """(KV groups, MLP channels) every layer keeps under these ratios, from a model config's fields."""
+    from trainables.pruning import kept_counts
+
+    return kept_counts(shape, attention_ratio, mlp_ratio)
+
+
 def num_labels(splits: Any) -> int:
     """The label count a classification head gets from these splits."""
     from trainables.data import num_labels as count
@@ -110,5 +152,7 @@ def num_labels(splits: Any) -> int:
     return count(splits)
 
 
-__all__ = ["adapter_registry", "run_trial", "score", "cache_dir", "cached_hub_splits", "is_local_source", "load_splits", "matches_target", "num_labels", "resolve_model_path",
-           "resolve_target_modules", "smollm2_gguf", "source_name", "split_files", "tiny_llama"]
+__all__ = ["PRUNABLE_MODEL_TYPES", "adapter_registry", "run_trial", "score", "cache_dir", "cached_hub_splits",
+           "calibration_problems", "is_local_source", "load_splits", "matches_target", "num_labels", "pruned_base",
+           "pruning_kept_counts", "pruning_recipe", "pruning_record", "resolve_model_path", "resolve_target_modules", "smollm2_gguf",
+           "source_name", "split_files", "tiny_llama"]

@@ -159,17 +159,19 @@ def _evaluate_causal_lm(experiment: dict[str, Any], task_cfg: dict[str, Any], ad
     from trainables.instruction_data import load_instruction_splits, read_instruction_file
     from trainables.contract import IN_MEMORY_BUILTINS
     from trainables.models import load_causal_lm, resolve_model_path
+    from trainables.pruning import model_source
     from trainables.tasks import CausalLMTask, gold_answers_by_source
 
     device = _device()
     task = CausalLMTask(task_cfg, device, seed)
     splits = load_instruction_splits(task_cfg, seed=seed) if task_cfg.get("test_fraction") else None
     test = read_instruction_file(data, task_cfg.get("max_test_examples"), seed) if data is not None else splits["test"]
-    model, task.tokenizer = load_causal_lm(experiment["model"], dtype=task.dtype,
+    source = model_source(experiment)  # the pruned base when the experiment prunes (trainables/pruning.py)
+    model, task.tokenizer = load_causal_lm(source, dtype=task.dtype,
                                            trust_remote_code=experiment.get("trust_remote_code", False))
     if adapter_dir is not None:
-        in_memory = experiment["model"] in IN_MEMORY_BUILTINS  # no folder to compare with
-        check_adapter(adapter_dir, experiment["model"] if in_memory else resolve_model_path(experiment["model"]))
+        in_memory = source in IN_MEMORY_BUILTINS  # no folder to compare with
+        check_adapter(adapter_dir, source if in_memory else resolve_model_path(source))
         model = attach_adapter(model, adapter_dir)
     model.to(device).eval()
     encoded = task.encode(test)

@@ -34,6 +34,7 @@ from trainables.checkpoint import (
     save_training_state,
 )
 from trainables.models import upcast_trainable
+from trainables.pruning import model_source
 from trainables.session import Session, TrainSession
 from trainables.tasks import make_task
 
@@ -60,7 +61,8 @@ def train(config: dict[str, Any], session: Session) -> None:
     # The task type (trainables/tasks.py) decides the data, the model class, the loss and
     # the evaluation: classification heads, or causal-LM instruction tuning.
     task = make_task(task_cfg, device, seed=train_cfg["seed"])
-    model, train_set, val_set = task.setup(config["model"], trust_remote_code=config.get("trust_remote_code", False))
+    # The experiment's model, or its pruned version (built once per recipe, cached: trainables/pruning.py).
+    model, train_set, val_set = task.setup(model_source(config), trust_remote_code=config.get("trust_remote_code", False))
 
     global_batch = train_cfg["batch_size"]
     steps_per_epoch = max(1, len(train_set["labels"]) // global_batch)

@@ -191,6 +191,7 @@ def semantic_problems(spec: Spec) -> list[Problem]:
     problems += when_problems
 
     problems += _task_problems(spec)
+    problems += _pruning_problems(spec)
     problems += _objective_problems(spec)
     metrics = {f"val_{spec.task.metric}", "val_loss", "adapter_params"}
     stop_metric = spec.search.early_stopping.metric
@@ -326,6 +327,34 @@ def _task_problems(spec: Spec) -> list[Problem]:
         what = ("a causal LM with random weights, for task.type causal_lm tests" if spec.model == "builtin:tiny-llama"
                 else "a causal LM (decoder): use it with task.type causal_lm")
         problems.append(Problem("model", spec.model, what))
+    return problems
+
+
+def _pruning_problems(spec: Spec) -> list[Problem]:
+    """What the file alone says about `pruning:`: the ratios it applies, and a causal LM to prune.
+    What needs the model's config or the calibration file is preflight's
+    (raysearch/experiment/model_probe.py `pruning_problems`)."""
+    pruning, problems = spec.pruning, []
+    if pruning is None:
+        return problems
+    if pruning.ratio is None and (pruning.attention_ratio is None or pruning.mlp_ratio is None):
+        problems.append(Problem("pruning.ratio", MISSING, "required: the fraction of KV groups and MLP channels "
+                                "every layer loses, in (0, 1), e.g. 0.25 (or set both pruning.attention_ratio and "
+                                "pruning.mlp_ratio)"))
+    elif pruning.effective() == (0, 0):
+        problems.append(Problem("pruning", {"attention_ratio": 0, "mlp_ratio": 0}, "removes nothing: give "
+                                "attention_ratio or mlp_ratio a value in (0, 1), or remove the pruning section"))
+    if spec.task.type != "causal_lm":
+        problems.append(Problem("task.type", spec.task.type, "`pruning` removes a decoder's KV groups and MLP channels: "
+                                "it needs task.type causal_lm with a LLaMA-family model (builtin:smollm2, "
+                                "builtin:tiny-llama, a folder or hub id), or remove the pruning section"))
+    if spec.model == "builtin:minilm" and spec.task.type != "causal_lm":  # with causal_lm, _task_problems says it
+        problems.append(Problem("model", spec.model, "builtin:minilm is a BERT encoder, not a causal LM: `pruning` "
+                                "needs a LLaMA-family decoder (builtin:smollm2, builtin:tiny-llama, a folder or hub id)"))
+    if pruning.importance == "magnitude" and pruning.calibration.model_dump(exclude_defaults=True):
+        problems.append(Problem("pruning.calibration", pruning.calibration.model_dump(exclude_defaults=True),
+                                "only read by importance: taylor; magnitude needs no data. Remove it, or set "
+                                "importance: taylor"))
     return problems
 
 

@@ -1,15 +1,16 @@
 """Checks of a valid experiment against its model, before anything starts, without loading
 weights: the model folder or file is there, the target modules exist (per variant and
 `task.target`), the task type fits the model's head, the label count, the tokenizer's end
-token and chat template, and GoRA's rank range. Read from the model's config, or from the
-model built on the meta device. Part of `preflight.machine_problems`.
+token and chat template, GoRA's rank range, and a `pruning:` recipe against the model's shape
+and its calibration data. Read from the model's config, or from the model built on the meta
+device. Part of `preflight.machine_problems`.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from raysearch.experiment.spec import Problem, Spec
+from raysearch.experiment.spec import MISSING, Problem, Spec
 from trainables.entry import is_local_source, split_files
 
 def model_problems(spec: Spec) -> list[Problem]:
@@ -74,7 +75,11 @@ def _model_path(spec: Spec) -> str | None:
 
 
 # What `builtin:tiny-llama` (built in memory, no folder) would say in a config.json.
-_IN_MEMORY_CONFIGS = {"builtin:tiny-llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}}
+_IN_MEMORY_CONFIGS = {"builtin:tiny-llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                             "num_attention_heads": 2, "num_key_value_heads": 2,
+                                             "intermediate_size": 64}}
+# builtin:smollm2's shape before its first conversion (its config.json once converted): SmolLM2-135M.
+_SMOLLM2_SHAPE = {"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
 
 
 def _model_config(spec: Spec) -> dict | None:
@@ -282,3 +287,43 @@ def _variants(spec: Spec) -> set[str]:
     if dimension is not None and dimension.choice:
         return {str(value) for value in dimension.choice}
     return {str(spec.adapter.variant)} if getattr(spec.adapter, "variant", None) else set()
+
+
+def pruning_problems(spec: Spec) -> list[Problem]:
+    """What `pruning:` needs beyond the file: a LLaMA-family model (from its config; a hub id is
+    not read offline), at least one KV group and one MLP channel left in every layer, and
+    calibration data with `examples` readable records (taylor). Nothing is loaded or built."""
+    from raysearch.experiment.pruning import pruning_config
+    from trainables.entry import PRUNABLE_MODEL_TYPES, calibration_problems, pruning_kept_counts, pruning_recipe
+
+    pruning = spec.pruning
+    attention_ratio, mlp_ratio = pruning.effective() if pruning is not None else (None, None)
+    if pruning is None or attention_ratio is None or mlp_ratio is None or spec.task.type != "causal_lm":
+        return []  # load_spec reported it
+    problems = []
+    config = _model_config(spec) or (dict(_SMOLLM2_SHAPE) if spec.model == "builtin:smollm2" else None)
+    if config is not None and config.get("model_type") not in PRUNABLE_MODEL_TYPES:
+        problems.append(Problem("model", spec.model, f"`pruning` removes KV groups and MLP channels of "
+                                f"{', '.join(PRUNABLE_MODEL_TYPES)} models; this is a {config.get('model_type', '?')!r} "
+                                "model. Use a LLaMA-family decoder or remove the pruning section"))
+    elif config is not None and all(config.get(k) for k in ("num_attention_heads", "intermediate_size")):
+        groups = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+        channels = int(config["intermediate_size"])
+        kept_groups, kept_channels = pruning_kept_counts(config, attention_ratio, mlp_ratio)
+        for kept, total, ratio, field, what in ((kept_groups, groups, attention_ratio, "attention_ratio", "KV groups"),
+                                                (kept_channels, channels, mlp_ratio, "mlp_ratio", "MLP channels")):
+            if kept >= 1:
+                continue
+            where = f"pruning.{field}" if getattr(pruning, field) is not None else "pruning.ratio"
+            problems.append(Problem(where, ratio, f"would leave none of the {total} {what} of every layer of "
+                                    f"{spec.model} ({ratio:g} x {total} rounds to {total}). Allowed: below "
+                                    f"{(total - 0.5) / total:.4g}"))
+    recipe = pruning_recipe(pruning_config(spec) or {})
+    calibration = (recipe or {}).get("calibration")
+    defaulted = pruning.calibration.data is None
+    if calibration and not (defaulted and calibration["data"] and not Path(calibration["data"]).exists()):
+        # (the experiment's own data file missing is dataset_problems' to report)
+        for field, why in calibration_problems(calibration):
+            value = calibration.get(field) if calibration.get(field) is not None else MISSING
+            problems.append(Problem(f"pruning.calibration.{field}", value, why))
+    return problems

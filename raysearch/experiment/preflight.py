@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from raysearch.search import storage
 from raysearch.experiment.spec import Problem, Spec, dataset_paths
-from raysearch.experiment.model_probe import fit_problems, model_problems, target_problems
+from raysearch.experiment.model_probe import fit_problems, model_problems, pruning_problems, target_problems
 from trainables.entry import is_local_source, split_files
 
 HTTP_TIMEOUT_S = 3.0
@@ -36,6 +36,7 @@ def machine_problems(spec: Spec, storage_dir: str) -> list[Problem]:
         *model_problems(spec),
         *target_problems(spec),
         *fit_problems(spec),
+        *pruning_problems(spec),
         *mlflow_problems(spec.tracking.mlflow_uri),
         *storage_problems(spec, storage_dir),
         *resource_problems(spec),

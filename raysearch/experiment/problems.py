@@ -1,16 +1,28 @@
 """What is wrong with an experiment file: `Problem`s (YAML path, bad value, what is allowed),
-`SpecError` listing them all, the strict base model of every section, and the translation of
-pydantic's errors into problems that name what is allowed."""
+`SpecError` listing them all, the strict base model of every section (and the rule for the
+local paths in them), and the translation of pydantic's errors into problems that name what
+is allowed."""
 from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from types import UnionType as _UnionType
 from typing import Any, Sequence, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 MISSING: Any = object()  # a Problem's value when the key is absent
+
+
+def absolute(value: str) -> str:
+    """A local path of the file made absolute (sources, calibration data); ids and URIs as given."""
+    # Ray runs trials in their own working directory: an existing relative local path is
+    # made absolute here, on the driver, where it was meant.
+    if value.startswith(("hf:", "builtin:")) or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
 
 
 class StrictModel(BaseModel):

@@ -3,12 +3,12 @@ defaults, per-field checks and help text. Checks that need the whole file are in
 `raysearch/experiment/checks.py`; reading a file is `raysearch/experiment/spec.py`."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from raysearch.experiment.problems import StrictModel as _Model
+from raysearch.experiment.problems import StrictModel as _Model, absolute as _absolute
+from raysearch.experiment.pruning import PruningSpec
 from raysearch.experiment.space import Dimension, grid_points
 from trainables.contract import SEED_DIMENSION
 
@@ -52,15 +52,6 @@ class SourceSpec(_Model):
     @classmethod
     def _absolute_path(cls, value: str) -> str:
         return _absolute(value)
-
-
-def _absolute(value: str) -> str:
-    # Ray runs trials in their own working directory: an existing relative local path is
-    # made absolute here, on the driver, where it was meant.
-    if value.startswith(("hf:", "builtin:")) or "://" in value:
-        return value
-    path = Path(value).expanduser()
-    return str(path.resolve()) if path.exists() else value
 
 
 class TaskSpec(_Model):
@@ -365,6 +356,8 @@ class Spec(_Model):
     """Training hyperparameters (defaults for the dimensions not searched)."""
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     """Adapter hyperparameters (defaults for the dimensions not searched)."""
+    pruning: PruningSpec | None = None
+    """Prune `model` first (causal_lm, LLaMA family) and train every trial on it: docs/pruning.md."""
     search: SearchSpec
     """What to search and how."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -398,3 +391,4 @@ def num_trials_for(search: SearchSpec) -> int:
     if search.sampler == "grid":
         return len(grid_points(search.space))
     return search.num_trials
+

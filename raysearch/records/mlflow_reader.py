@@ -31,6 +31,8 @@ TAG_SEARCH_ID = "raysearch.search_id"  # on the parent run: how a resumed search
 TAG_REASON = "raysearch.reason"  # why a run was closed by raysearch rather than by its trial
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "finetuning"  # MLflow 3's UI reads it
 TAG_TEST = "raysearch.test"  # which records a run's test_* metrics were scored on
+TAG_PRUNED_BASE = "raysearch.pruned_base"  # a trial on a pruned base: the folder it was cached in (trainables/pruning.py)
+TAG_PRUNING_HASH = "raysearch.pruning_hash"  # ... and the SHA-256 of its recipe, which names that folder
 
 FINISHED_STATUSES = FINISHED  # ended without failing: listed in pareto.csv and the plots
 # Only trials that ran to the end make the Pareto front: a stopped trial's numbers are its last evaluation before

@@ -59,8 +59,9 @@ class MlflowTracking(Callback):
         storage_scheme: str = "",
         search_id: str | None = None,
         compare: list[str] | None = None,
+        trial_fields: tuple[Mapping[str, str], Mapping[str, str]] = ({}, {}),  # run_fields.pruning_fields
     ) -> None:
-        self.mlflow_uri = mlflow_uri
+        self.mlflow_uri, self.trial_fields = mlflow_uri, trial_fields  # (params, tags) every trial's run gets
         self.compare = list(compare or [])  # search.compare: the parent run gets the comparison plot
         # Set once per search (not per process): a restored copy of this callback finds
         # the same parent run by this tag, so `raysearch resume` never opens a second one.
@@ -99,6 +100,7 @@ class MlflowTracking(Callback):
         self.__dict__.setdefault("_logged_through", {})  # pickled by a version without it
         self.__dict__.setdefault("_effective_logged", set())
         self.__dict__.setdefault("compare", [])
+        self.__dict__.setdefault("trial_fields", ({}, {}))  # (params, tags): pickled by a version without them
         self._parent_lock, self._opening = threading.Lock(), None
         if MlflowTracking.uri_override:
             self.mlflow_uri = MlflowTracking.uri_override
@@ -209,10 +211,11 @@ class MlflowTracking(Callback):
             run = client.create_run(
                 self.experiment_id,
                 run_name=self.run_name(getattr(trial, "config", None) or {}, trial_id),
-                tags={TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running"},
+                tags={TAG_PARENT: self.parent_run_id, TAG_TRIAL_ID: trial_id, TAG_STATUS: "running", **self.trial_fields[1]},
             )
         logged = run.data.params
-        params = {k: v for k, v in params_of(getattr(trial, "config", None) or {}).items() if k not in logged}
+        shared, own = self.trial_fields[0], params_of(getattr(trial, "config", None) or {})
+        params = {k: v for k, v in {**shared, **own}.items() if k not in logged}
         if params:
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         self._run_ids[trial_id] = run.info.run_id

@@ -1,6 +1,7 @@
 """What a trial's MLflow run records, derived from Tune's objects: params from a config
 (flattened, secrets masked), metrics from a reported result, the step it belongs to, the
-scaling rule a variant applies, and where the trial's checkpoint is."""
+scaling rule a variant applies, where the trial's checkpoint is, and the pruning recipe of the
+base every trial trained on."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from raysearch.experiment.redaction import loggable
-from raysearch.records.mlflow_reader import finite
+from raysearch.records.mlflow_reader import TAG_PRUNED_BASE, TAG_PRUNING_HASH, finite
 from trainables.contract import ADAPTER_PARAMS, CHECKPOINT_PATH, RESUMED_FROM_STEP, STEP
 
 _PLAIN_METRICS = (ADAPTER_PARAMS, "train_loss", "lr", "epoch", RESUMED_FROM_STEP, "eval_s")
@@ -80,3 +81,18 @@ def trial_checkpoint(trial: Any, result: dict, storage_scheme: str = "") -> Any:
     if storage_scheme and "://" not in path:
         path = f"{storage_scheme}://{path}"
     return Checkpoint(path)
+
+
+def pruning_fields(record: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(params, tags) every trial run of a search on a pruned base carries: the recipe as
+    `pruning.*` params (`pruning.importance`, `pruning.attention_ratio`, `pruning.mlp_ratio`,
+    `pruning.calibration.data`, ..., `pruning.base_model`), and the cache folder and recipe hash as
+    tags (`trainables/entry.py` `pruning_record`). Empty without pruning."""
+    if not record:
+        return {}, {}
+    recipe = dict(record["recipe"])
+    base = recipe.pop("model")
+    params = params_of({"pruning": {**recipe, "base_model": base}})
+    params = {k: v for k, v in params.items() if k != "pruning.calibration" or v != "None"}
+    tags = {TAG_PRUNED_BASE: str(record["folder"]), TAG_PRUNING_HASH: str(record["hash"])}
+    return params, tags

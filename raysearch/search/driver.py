@@ -20,10 +20,12 @@ from raysearch.search.storage import EXPERIMENT_FILE, SEARCH_FILE
 from raysearch.records.export_trial import experiment_text
 from raysearch.search.ledger import ledger_location, newest_experiment_state, reconcile
 from raysearch.search.progress import LiveProgress
+from raysearch.experiment.pruning import pruning_config
 from raysearch.experiment.sections import num_trials_for
 from raysearch.experiment.spec import Spec
 from raysearch.experiment.redaction import redact
 from raysearch.records.mlflow_writer import MlflowTracking
+from raysearch.records.run_fields import flatten, pruning_fields
 from raysearch.search.resources import init_ray
 from raysearch.search.tuner import build_tuner, restore_tuner
 
@@ -35,9 +37,23 @@ def flat_params(spec: Spec) -> dict[str, str]:
     for section in ("task", "train", "adapter", "resources"):
         for key, value in getattr(spec, section).model_dump().items():
             flat[f"{section}.{key}"] = str(value)
+    if spec.pruning is not None:
+        for key, value in flatten({"pruning": spec.pruning.model_dump()}).items():
+            flat[key] = str(value)
     for key in ("sampler", "num_trials", "max_concurrent", "seed"):
         flat[f"search.{key}"] = str(getattr(spec.search, key))
     return flat
+
+
+def pruning_record(spec: Spec) -> dict | None:
+    """The search's pruning recipe, its hash and cache folder (trainables/pruning.py), for the
+    trial runs; None without pruning. The files are hashed here; the first trial builds."""
+    config = pruning_config(spec)
+    if config is None:
+        return None
+    from trainables.entry import pruning_record as record
+
+    return record(config)
 
 
 TRAIN_POLL_INTERVAL_S = 0.2
@@ -93,7 +109,7 @@ def run_search(spec: Spec, storage_dir: str | Path, console: Console, overwrite:
     storage.write_text(storage_dir, EXPERIMENT_FILE, redact(experiment))
     storage.write_text(storage_dir, SEARCH_FILE, json.dumps({"search_id": search_id}))
     tracking = MlflowTracking(spec.tracking.mlflow_uri, spec.name, spec.search.objectives, flat_params(spec),
-                              compare=spec.search.compare,
+                              compare=spec.search.compare, trial_fields=pruning_fields(pruning_record(spec)),
                               experiment_file=experiment,
                               storage_scheme=storage_dir.split("://", 1)[0] if "://" in storage_dir else "",
                               search_id=search_id)

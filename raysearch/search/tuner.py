@@ -111,6 +111,7 @@ def base_config(spec: Spec, storage_dir: str) -> dict[str, Any]:
         "task": spec.task.model_dump(),
         "train": spec.train.model_dump(),
         "adapter": spec.adapter.model_dump(),
+        "pruning": spec.pruning.model_dump() if spec.pruning is not None else None,  # trainables/pruning.py
         # `inline`: the spec's one rule for whether a trial trains in its Tune function
         "resources": {**spec.resources.model_dump(), "inline": spec.resources.inline},
         "train_storage": storage.join(storage_dir, "train"),
