@@ -169,3 +169,26 @@ def run_search(experiment_dict: dict[str, Any], workdir: Path, command: list[str
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"`raysearch run` for {name} exited with {code}; the end of {log}:\n{tail}")
     return SearchRun(workdir / "results" / name, spawned_at, exited_at)
+
+
+def perplexity(model: Any, tokenizer: Any, texts: list[str], max_tokens: int = 256, batch: int = 8) -> float:
+    """exp(mean next-token loss over every token of `texts`), each cut to `max_tokens` tokens and
+    tokenized as pruning's calibration texts are (trainables/pruning_importance.py)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.pruning_importance import calibration_batches
+
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(texts), batch):
+            for encoded in calibration_batches(tokenizer, texts[start:start + batch], max_tokens):
+                logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+                labels = encoded["labels"][:, 1:]
+                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                               ignore_index=-100, reduction="sum"))
+                tokens += int((labels != -100).sum())
+    return math.exp(total / tokens)

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "commonsense"
@@ -43,25 +46,13 @@ def held_out_texts() -> dict[str, list[str]]:
 
 
 def perplexity(folder: str, texts: list[str], max_tokens: int = 256) -> float:
-    """exp(mean next-token loss over every token of `texts`), fp32, batches of 8."""
+    """The model in `folder` (fp32) on `texts`: harness.perplexity, batches of 8."""
     import torch
-    import torch.nn.functional as F
 
     from trainables.models import load_causal_lm
-    from trainables.pruning_importance import calibration_batches
 
     model, tokenizer = load_causal_lm(folder, dtype=torch.float32)
-    model.eval()
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(texts), BATCH):
-            for batch in calibration_batches(tokenizer, texts[start:start + BATCH], max_tokens):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                labels = batch["labels"][:, 1:]
-                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                               ignore_index=-100, reduction="sum"))
-                tokens += int((labels != -100).sum())
-    return math.exp(total / tokens)
+    return harness.perplexity(model, tokenizer, texts, max_tokens, BATCH)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

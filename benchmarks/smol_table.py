@@ -24,6 +24,15 @@ likelihood of the label ("answer2"), so the two readings sit side by side.
     python benchmarks/smol_table.py                      # runs the search too (79 min shared), then ~55 min
     python benchmarks/smol_table.py --search commonsense-smol --mlflow-uri sqlite:///mlflow.db   # an existing search
     python benchmarks/smol_table.py --quick              # the plumbing on builtin:tiny-llama, ~2 min
+
+`--recovery` (a space with a `pruning:` section, e.g. search_spaces/commonsense_smol_pruned.yaml):
+the pruned-model recovery table of docs/pruning.md. The rows are the full model zero-shot, the
+pruned model zero-shot, the pruned model + the plain PEFT default (option text) and the pruned
+model + the search's best, each with the share of the pruning's loss it wins back per source
+((model - pruned) / (full - pruned)), and the perplexity of each on the test split's records
+(their Alpaca prompt + response, `PERPLEXITY_RECORDS` a source): text no trial trained on.
+
+    python benchmarks/smol_table.py --recovery --space search_spaces/commonsense_smol_pruned.yaml
 """
 from __future__ import annotations
 
@@ -90,7 +99,9 @@ def train_peft_default(experiment: dict[str, Any], out_dir: Path, train_on: str)
 
     task, train_cfg = experiment["task"], experiment["train"]
     records = load_instruction_splits(task, seed=train_cfg["seed"])["train"]
-    model, tokenizer = load_causal_lm(experiment["model"])
+    from trainables.pruning import model_source
+
+    model, tokenizer = load_causal_lm(model_source(experiment))  # the pruned base when the file prunes
     encoded = encode_records(records, task["prompt_template"], tokenizer, task["max_length"], train_on=train_on).tensors
     steps = max(1, len(encoded["labels"]) // train_cfg["batch_size"])  # one epoch, as a trial
     targets = [t for t in PEFT_DEFAULT["target_modules"]]
@@ -144,8 +155,8 @@ def print_differences(results: dict[str, Any]) -> list[dict[str, Any]]:
     from trainables.evaluation import paired_difference
 
     rows = []
-    pairs = [("raysearch best", "zero-shot"), ("raysearch best", "PEFT default"), ("PEFT default", "zero-shot"),
-             ("PEFT default", "PEFT default (label)")]
+    pairs = [("full zero-shot", "zero-shot"), ("raysearch best", "full zero-shot"), ("raysearch best", "zero-shot"),
+             ("raysearch best", "PEFT default"), ("PEFT default", "zero-shot"), ("PEFT default", "PEFT default (label)")]
     print("\npaired differences on the same records (95% bootstrap interval):")
     for a, b in pairs:
         if a not in results or b not in results:
@@ -162,6 +173,59 @@ def print_differences(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+PERPLEXITY_RECORDS = 32  # test-split records a source, for --recovery's perplexity
+
+
+def full_model(experiment: dict[str, Any]) -> dict[str, Any]:
+    """The experiment without its `pruning:` section: the full model, scored the same way."""
+    return {**experiment, "pruning": None}
+
+
+def test_perplexity(experiment: dict[str, Any], adapter: Path | None) -> float:
+    """The perplexity (harness.perplexity) of the first PERPLEXITY_RECORDS test-split records of
+    each source, written as Alpaca prompt + response (trainables/pruning_importance.py), cut to
+    256 tokens; the model the experiment trains on (pruned or not), with `adapter` if given."""
+    import torch
+
+    from trainables.evaluation import attach_adapter
+    from trainables.instruction_data import load_instruction_splits
+    from trainables.models import load_causal_lm
+    from trainables.pruning import model_source
+    from trainables.pruning_importance import calibration_text
+
+    test = load_instruction_splits(experiment["task"], seed=experiment["train"]["seed"])["test"]
+    taken: dict[str, int] = {}
+    texts = []
+    for record in test:
+        if taken.get(record["source"], 0) < PERPLEXITY_RECORDS and calibration_text(record):
+            taken[record["source"]] = taken.get(record["source"], 0) + 1
+            texts.append(calibration_text(record))
+    model, tokenizer = load_causal_lm(model_source(experiment), dtype=torch.float32)
+    if adapter is not None:
+        model = attach_adapter(model, adapter)
+    return harness.perplexity(model, tokenizer, texts)
+
+
+def print_recovery(results: dict[str, Any], perplexities: dict[str, float]) -> list[dict[str, Any]]:
+    """Per source and for the mean of sources: the share of the pruning's loss each model wins
+    back, (model - pruned) / (full - pruned); '-' where pruning cost under one point."""
+    full, pruned = results["full zero-shot"], results["zero-shot"]
+    sources = [s.source for s in pruned.per_source] + [pruned.overall.source]
+    rows = []
+    print("\nshare of the pruning's loss won back, (model - pruned) / (full - pruned):")
+    print(f"{'source':<14}{'full - pruned':>14}  " + "  ".join(f"{k:>16}" for k in results if k != "full zero-shot"))
+    for source in sources:
+        at = {k: next(s.value for s in [*r.per_source, r.overall] if s.source == source) for k, r in results.items()}
+        lost = at["full zero-shot"] - at["zero-shot"]
+        shares = {k: (v - at["zero-shot"]) / lost if lost >= 0.01 else None for k, v in at.items() if k != "full zero-shot"}
+        rows.append({"source": source, "lost": lost, **shares})
+        print(f"{source:<14}{lost:>+14.3f}  " + "  ".join(f"{'-' if v is None else f'{v:+.2f}':>16}"
+                                                         for v in shares.values()))
+    print("\nperplexity on the test split's records (Alpaca prompt + response, "
+          f"{PERPLEXITY_RECORDS} a source): " + ", ".join(f"{k} {v:.2f}" for k, v in perplexities.items()))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", type=Path, default=SPACE)
@@ -169,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mlflow-uri", help="The existing search's MLflow store (with --search)")
     parser.add_argument("--workdir", type=Path, help="Keep the search's files here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="builtin:tiny-llama, a 2-trial search: plumbing only")
+    parser.add_argument("--recovery", action="store_true",
+                        help="the space prunes its model: full vs pruned zero-shot, the PEFT default and the best on it")
     args = parser.parse_args(argv)
     args.space = args.space.resolve()
     os.chdir(harness.REPO)  # the experiment's data paths are relative to the repository root
@@ -189,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             name, uri = raw["name"], f"sqlite:///{workdir / 'mlflow.db'}"
             print(f"search {name}: {run.wall_s / 60:.1f} min", flush=True)
 
+        if args.recovery:
+            return recovery(experiment, workdir, uri, name, timings)
         results: dict[str, Any] = {}
         started = time.perf_counter()
         results["zero-shot"] = evaluate(experiment, None)
@@ -220,6 +288,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return {"results": results, "old_reading": old_reading, "differences": differences, "best": row,
             "timings": timings}
+
+
+def recovery(experiment: dict[str, Any], workdir: Path, uri: str, name: str, timings: dict[str, float]) -> dict[str, Any]:
+    """--recovery: the four models of docs/pruning.md's recovery table on the same test records."""
+    from trainables.evaluation import evaluate
+
+    if not experiment.get("pruning"):
+        raise SystemExit("--recovery needs a space with a pruning: section")
+    results: dict[str, Any] = {}
+    perplexities: dict[str, float] = {}
+    started = time.perf_counter()
+    results["full zero-shot"] = evaluate(full_model(experiment), None)
+    perplexities["full zero-shot"] = test_perplexity(full_model(experiment), None)
+    results["zero-shot"] = evaluate(experiment, None)  # the pruned model, no adapter
+    perplexities["zero-shot"] = test_perplexity(experiment, None)
+    timings["zero_shot_eval_s"] = time.perf_counter() - started
+    adapter, timings["peft_option_text_train_s"] = train_peft_default(experiment, workdir, "option_text")
+    started = time.perf_counter()
+    results["PEFT default"] = evaluate(experiment, adapter)
+    perplexities["PEFT default"] = test_perplexity(experiment, adapter)
+    row, best = best_trial(uri, name, workdir / "best")
+    results["raysearch best"] = evaluate(experiment, best)
+    perplexities["raysearch best"] = test_perplexity(experiment, best)
+    timings["adapters_eval_s"] = time.perf_counter() - started
+    print(f"\nraysearch best by validation: trial {row['trial_id']} "
+          + ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
+          + f"; val_answer_accuracy {row['metrics'].get('val_answer_accuracy', float('nan')):.3f}")
+    print("rows: the full model zero-shot; the pruned model (zero-shot); the pruned model + each adapter")
+    print_table(results)
+    shares = print_recovery(results, perplexities)
+    differences = print_differences(results)
+    print("timings: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    return {"results": results, "perplexity": perplexities, "recovered": shares, "differences": differences,
+            "best": row, "timings": timings}
 
 
 if __name__ == "__main__":

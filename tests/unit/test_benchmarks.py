@@ -344,3 +344,23 @@ def test_harness_agreement_hands_the_harness_the_test_splits_items_and_the_arc_p
     task = yaml.safe_load(module.TASK_YAML.format(task="t", data=tmp_path / "t.jsonl"))
     assert task["doc_to_text"] == "Question: {{question}}\nAnswer:" and task["output_type"] == "multiple_choice"
     assert [m["metric"] for m in task["metric_list"]] == ["acc", "acc_norm"]
+
+
+def test_smol_table_recovery_share_is_what_each_model_wins_back_of_the_pruning_loss(capsys):
+    """benchmarks/smol_table.py --recovery: (model - pruned) / (full - pruned) per source, and
+    none where pruning cost under a point (a share of nothing is noise)."""
+    from types import SimpleNamespace as Score
+
+    def result(boolq: float, arc: float) -> Score:
+        sources = [Score(source="boolq", value=boolq), Score(source="arc", value=arc)]
+        return Score(per_source=sources, overall=Score(source="all", value=(boolq + arc) / 2))
+
+    results = {"full zero-shot": result(0.60, 0.50), "zero-shot": result(0.40, 0.495),
+               "PEFT default": result(0.45, 0.52), "raysearch best": result(0.55, 0.40)}
+    rows = {r["source"]: r for r in load("smol_table").print_recovery(results, {"zero-shot": 10.0})}
+    assert rows["boolq"]["lost"] == pytest.approx(0.20)
+    assert rows["boolq"]["PEFT default"] == pytest.approx(0.25) and rows["boolq"]["raysearch best"] == pytest.approx(0.75)
+    assert rows["boolq"]["zero-shot"] == 0.0
+    assert rows["arc"]["PEFT default"] is None  # 0.5 point lost: no share
+    assert rows["all"]["raysearch best"] == pytest.approx((0.475 - 0.4475) / (0.55 - 0.4475))
+    assert "perplexity on the test split" in capsys.readouterr().out
