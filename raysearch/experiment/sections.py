@@ -113,7 +113,8 @@ class TaskSpec(_Model):
     """Layers adapted when adapter.target_modules is unset: the attention projections, or
     attention + MLP projections (as the LLaMA seeds do; known per architecture), or every
     linear layer outside the task head (PEFT's `all-linear`; any architecture). A search
-    dimension too: `target: {choice: [attention, all_linear]}`."""
+    dimension too: `target: {choice: [attention, all_linear]}`. The default is measured
+    (docs/benchmarks.md §4.6): all_linear was no better beyond noise on SST-2 or SmolLM2."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
