@@ -348,19 +348,19 @@ def test_harness_agreement_hands_the_harness_the_test_splits_items_and_the_arc_p
 
 def test_smol_table_recovery_share_is_what_each_model_wins_back_of_the_pruning_loss(capsys):
     """benchmarks/smol_table.py --recovery: (model - pruned) / (full - pruned) per source, and
-    none where pruning cost under a point (a share of nothing is noise)."""
+    none where pruning cost under 5 points (a share of a point or two is noise)."""
     from types import SimpleNamespace as Score
 
     def result(boolq: float, arc: float) -> Score:
         sources = [Score(source="boolq", value=boolq), Score(source="arc", value=arc)]
         return Score(per_source=sources, overall=Score(source="all", value=(boolq + arc) / 2))
 
-    results = {"full zero-shot": result(0.60, 0.50), "zero-shot": result(0.40, 0.495),
+    results = {"full zero-shot": result(0.60, 0.50), "zero-shot": result(0.40, 0.47),
                "PEFT default": result(0.45, 0.52), "raysearch best": result(0.55, 0.40)}
     rows = {r["source"]: r for r in load("smol_table").print_recovery(results, {"zero-shot": 10.0})}
     assert rows["boolq"]["lost"] == pytest.approx(0.20)
     assert rows["boolq"]["PEFT default"] == pytest.approx(0.25) and rows["boolq"]["raysearch best"] == pytest.approx(0.75)
     assert rows["boolq"]["zero-shot"] == 0.0
-    assert rows["arc"]["PEFT default"] is None  # 0.5 point lost: no share
-    assert rows["all"]["raysearch best"] == pytest.approx((0.475 - 0.4475) / (0.55 - 0.4475))
+    assert rows["arc"]["PEFT default"] is None  # 3 points lost: no share
+    assert rows["all"]["raysearch best"] == pytest.approx((0.475 - 0.435) / (0.55 - 0.435))
     assert "perplexity on the test split" in capsys.readouterr().out
