@@ -169,7 +169,11 @@ def killed_and_resumed(tmp_path: Path, tiny_model_dir: Path, count: int, workers
         problems = continuation_problems(steps, resumed, at_kills, EVAL_EVERY, STEPS, train_run=workers > 1)
         assert not problems, (trial_id, problems, at_kills)
         continued += sum(2 * EVAL_EVERY <= last < STEPS for last in set(at_kills))
-    assert continued >= 2, f"too few kills interrupted a trial mid-way to check continuation: {continued}"
+    # each "midway" kill waits for a trial mid-way, so that many continuations are checked at
+    # least; the other kills land mid-way only as the machine's speed has it (a quiet make test
+    # run of the 4-kill version had none besides its one midway kill)
+    midway_kills = sum(trigger == "midway" for trigger, _ in plan)
+    assert continued >= midway_kills, f"too few kills interrupted a trial mid-way: {continued} < {midway_kills}"
 
     journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(results / "optuna.journal")))
     study = optuna.load_study(study_name="anytime", storage=journal)
