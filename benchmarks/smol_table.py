@@ -130,6 +130,12 @@ def best_trial(mlflow_uri: str, name: str, out_dir: Path) -> tuple[dict, Path]:
     return row, adapter
 
 
+def print_best(row: dict) -> None:
+    print(f"\nraysearch best by validation: trial {row['trial_id']} "
+          + ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
+          + f"; val_answer_accuracy {row['metrics'].get('val_answer_accuracy', float('nan')):.3f}")
+
+
 def cell(score: Any) -> str:
     return f"{score.value:.3f} [{score.low:.3f}, {score.high:.3f}]"
 
@@ -277,9 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         old_reading = evaluate(experiment, None, scoring="loglik")
         timings["zero_shot_label_eval_s"] = time.perf_counter() - started
 
-    print(f"\nraysearch best by validation: trial {row['trial_id']} "
-          + ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
-          + f"; val_answer_accuracy {row['metrics'].get('val_answer_accuracy', float('nan')):.3f}")
+    print_best(row)
     print_table(results)
     for field in ("acc", "acc_norm"):
         print(f"\noption-text {field} of every model (records that offer options):")
@@ -315,9 +319,7 @@ def recovery(experiment: dict[str, Any], workdir: Path, uri: str, name: str, tim
     results["raysearch best"] = evaluate(experiment, best)
     perplexities["raysearch best"] = test_perplexity(experiment, best)
     timings["adapters_eval_s"] = time.perf_counter() - started
-    print(f"\nraysearch best by validation: trial {row['trial_id']} "
-          + ", ".join(f"{k}={v}" for k, v in sorted(row["params"].items()))
-          + f"; val_answer_accuracy {row['metrics'].get('val_answer_accuracy', float('nan')):.3f}")
+    print_best(row)
     print("rows: the full model zero-shot; the pruned model (zero-shot); the pruned model + each adapter")
     print_table(results)
     shares = print_recovery(results, perplexities)
