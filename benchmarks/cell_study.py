@@ -18,7 +18,10 @@ with MiniLM-L6, then:
     python benchmarks/cell_study.py init        # five initialisations at rank 16, 30 trials
     python benchmarks/cell_study.py target      # attention vs all linear layers, LoRA r=8, 16 trials
     python benchmarks/cell_study.py target-smol # the same on SmolLM2 + the commonsense mix, 4 trials
-    python benchmarks/cell_study.py rora-smol   # the RoRA question on SmolLM2 + commonsense (~4 h on 2 cores; not run yet)
+    python benchmarks/cell_study.py rora-pruned --small  # the RoRA question on pruned SmolLM2, one sitting's size
+    python benchmarks/cell_study.py rora-smol --small    # the same on the full SmolLM2 (both: see docs/pruning.md)
+    python benchmarks/cell_study.py rora-pruned          # full size, 4 ranks x 4 lrs x 2 seeds: for a GPU
+    python benchmarks/cell_study.py rora-smol            # the same on the full model
     python benchmarks/cell_study.py rora --search rora-fair-sst2 --mlflow-uri sqlite:///mlflow.db  # score a finished search
 """
 from __future__ import annotations
@@ -64,18 +67,46 @@ class Study:
     quick: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, Any] = field(default_factory=lambda: dict(SST2_SIZES))
     """The data and schedule: SST-2 with a carved test split, or the file's own."""
+    small: dict[str, Any] | None = None
+    """`--small`: the study at one sitting's size on 2 CPU cores (None: the study has none)."""
 
 
-# The RoRA question on SmolLM2-135M-Instruct (commonsense_smol.yaml's data, prompts and test
-# split: 20% of every training file). Not run yet: a trial takes ~8 min on 2 CPU cores, so 64
-# trials are ~4 h there; on one GPU, minutes.
+# The RoRA question on SmolLM2-135M-Instruct, full and pruned (issue 28, part 3):
+# commonsense_smol.yaml's data, prompts and test split (20% of every training file), LoRA with
+# alpha 16, scaling alpha/r vs alpha/sqrt(r) by rank, the lr tuned inside each cell. At full size
+# (4 ranks x 4 lrs x 2 seeds, 64 trials a model, 200 test records a source) a trial takes ~8 min
+# on 2 CPU cores, so a model is ~4 h there: run it on a GPU.
 SMOL_RORA = {
-    "name": "rora-fair-smol",
     "search": {"objectives": {"val_answer_accuracy": "max", "adapter_params": "min"}, "max_concurrent": 2,
                "early_stopping": {"scheduler": "none"}, "compare": ["scaling", "rank"], "trials_per_cell": 4,
                "seeds": 2, "space": {"scaling": {"choice": ["lora", "rora"]}, "rank": {"choice": [4, 16, 64, 128]},
                                      "lr": {"loguniform": [1.0e-4, 3.0e-3]}}},
+    "task.max_test_examples": 200,
 }
+
+
+def _sst2_share(space: str, train: int, evaluate: int) -> list[Any]:
+    """`space`'s task.dataset with its SST-2 source's own train/validation counts set."""
+    import yaml
+
+    items = yaml.safe_load((SPACES / space).read_text())["task"]["dataset"]
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == "sst2":
+            item.update(max_train_examples=train, max_eval_examples=evaluate)
+    return items
+
+
+# ... and at one sitting's size (`--small`): ranks 8 and 64, 2 lrs a cell (a Latin hypercube
+# over the range: one in each half, log scale), 2 seeds, so 16 trials a model; 24 steps of 8
+# records a trial (24 a commonsense source, 96 SST-2), validation once at the end on 16 records a
+# source (32 SST-2), every cell's best scored on 60 test records a source. The same data for both
+# models (both files read the same sources, in the same order, with the same test split).
+SMOL_RORA_SMALL = {
+    "task.max_train_examples": 24, "task.max_eval_examples": 16, "task.max_test_examples": 60,
+    "train.eval_every_steps": 24, "search.space.rank": {"choice": [8, 64]}, "search.trials_per_cell": 2,
+}
+SMOL_QUICK = {"model": "builtin:tiny-llama", "search.space.rank": {"choice": [4, 8]},
+              "task.max_train_examples": 8, "task.max_eval_examples": 2, "task.max_test_examples": 4}
 
 # Which layers a default adapts (issue 27, part 6): attention projections vs every linear layer,
 # LoRA at the default rank 8, each at its own tuned lr; on SST-2 (4 lrs x 2 seeds a cell) and
@@ -103,21 +134,30 @@ STUDIES = {
     "variants": Study("variants_fair.yaml", "variants-fair-sst2", {"variant": "lora"}, overrides=FEWER,
                       quick={"search.space.variant": {"choice": ["lora", "loraplus"]}}),
     "rora-smol": Study("commonsense_smol.yaml", "rora-fair-smol", {"scaling": "lora"}, overrides=SMOL_RORA, sizes={},
-                       quick={"model": "builtin:tiny-llama", "search.space.rank": {"choice": [4, 8]},
-                              "task.max_train_examples": 8, "task.max_eval_examples": 2, "task.max_test_examples": 4}),
+                       quick=SMOL_QUICK, small={**SMOL_RORA_SMALL, "name": "rora-small-smol",
+                                                "task.dataset": _sst2_share("commonsense_smol.yaml", 96, 32)}),
+    "rora-pruned": Study("commonsense_smol_pruned.yaml", "rora-fair-pruned", {"scaling": "lora"},
+                         overrides=SMOL_RORA, sizes={}, quick=SMOL_QUICK,
+                         small={**SMOL_RORA_SMALL, "name": "rora-small-pruned",
+                                "task.dataset": _sst2_share("commonsense_smol_pruned.yaml", 96, 32)}),
     "init": Study("init.yaml", "init-sst2", {"init": "default"}, overrides=FEWER,
                   quick={"search.space.init": {"choice": ["default", "eva"]}}),
 }
 
 
-def experiment_file(study: Study, quick: bool) -> dict[str, Any]:
+def experiment_file(study: Study, quick: bool, small: bool = False) -> dict[str, Any]:
+    """The study's experiment: its file with the study's sizes and overrides, then `--small`'s,
+    then `--quick`'s on top."""
     import yaml
 
     from raysearch.experiment.spec import apply_override
 
+    if small and study.small is None:
+        raise ValueError(f"{study.name} has no --small size")
     raw = yaml.safe_load((SPACES / study.space).read_text())
     raw["name"] = study.name
-    for key, value in {**study.sizes, **study.overrides, **(QUICK | study.quick if quick else {})}.items():
+    layers = {**study.sizes, **study.overrides, **(study.small if small else {}), **(QUICK | study.quick if quick else {})}
+    for key, value in layers.items():
         problem = apply_override(raw, key, value)
         if problem is not None:
             raise ValueError(f"{study.space}: {problem}")
@@ -235,12 +275,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--mlflow-uri", help="The finished search's MLflow store (with --search)")
     parser.add_argument("--workdir", type=Path, help="Keep the search's files here (default: a temporary folder)")
     parser.add_argument("--plot", type=Path, help="Write the test-accuracy plot here (PNG)")
+    parser.add_argument("--small", action="store_true",
+                        help="The study at one sitting's size on 2 CPU cores (rora-smol, rora-pruned)")
     parser.add_argument("--quick", action="store_true", help="2 cells, 1 point, 1 seed, a few sentences: plumbing only")
     args = parser.parse_args(argv)
     study = STUDIES[args.study]
+    if args.small and study.small is None:
+        parser.error(f"{args.study} has no --small size; studies with one: "
+                     f"{', '.join(k for k, v in sorted(STUDIES.items()) if v.small is not None)}")
     os.chdir(harness.REPO)
     harness.quiet()
-    raw = experiment_file(study, args.quick)
+    raw = experiment_file(study, args.quick, args.small)
     compare = raw["search"]["compare"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()

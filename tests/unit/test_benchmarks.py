@@ -327,6 +327,33 @@ def test_cell_study_files_are_the_shipped_comparison_spaces():
         assert spec.search.early_stopping.scheduler == "none", key
 
 
+def test_cell_study_small_rora_question_gives_both_models_the_same_data_and_cells():
+    """`cell_study.py rora-pruned --small` and `rora-smol --small` (issue 28, part 3): the same
+    sources, sizes, test split and cells (α/r vs α/√r at ranks 8 and 64, two lrs, two seeds),
+    and the pruned one differs only by its pruning; a study without a small size refuses."""
+    from raysearch.experiment.spec import spec_from_dict
+
+    study = load("cell_study")
+    pruned = study.experiment_file(study.STUDIES["rora-pruned"], quick=False, small=True)
+    full = study.experiment_file(study.STUDIES["rora-smol"], quick=False, small=True)
+    specs = [spec_from_dict(raw) for raw in (pruned, full)]
+    assert [s.name for s in specs] == ["rora-small-pruned", "rora-small-smol"]
+    assert specs[0].pruning is not None and specs[1].pruning is None
+    assert specs[0].task == specs[1].task and specs[0].search == specs[1].search
+    search, task = specs[0].search, specs[0].task
+    assert search.compare == ["scaling", "rank"] and search.seeds == 2 and search.trials_per_cell == 2
+    assert search.space["rank"].choice == [8, 64] and search.space["scaling"].choice == ["lora", "rora"]
+    assert search.early_stopping.scheduler == "none" and task.test_fraction == 0.2
+    sst2 = next(item for item in task.dataset if getattr(item, "name", None) == "sst2")
+    assert (sst2.max_train_examples, sst2.max_eval_examples) == (96, 32)
+    assert task.max_train_examples == 24 and task.max_test_examples == 60
+    # the pruned base is the recovery table's: its file's recipe, calibration from its first source
+    assert pruned["pruning"] == study.experiment_file(study.STUDIES["rora-pruned"], quick=False)["pruning"]
+    assert str(task.dataset[0]).find("boolq") >= 0
+    with pytest.raises(ValueError, match="no --small"):
+        study.experiment_file(study.STUDIES["rora"], quick=False, small=True)
+
+
 def test_harness_agreement_hands_the_harness_the_test_splits_items_and_the_arc_prompt(tmp_path):
     """benchmarks/harness_agreement.py (lm-evaluation-harness itself is an optional extra, not
     run here): the records it gives the harness are the test split's multiple-choice items,
