@@ -79,14 +79,19 @@ def smollm2_folder() -> Path:
     gguf = smollm2_gguf()
     stat = gguf.stat()
     folder = cache_dir() / "models" / f"smollm2-{file_sha256(gguf, stat.st_size, stat.st_mtime_ns)[:16]}"
-    build_once(folder, lambda: convert_gguf(gguf, folder))
+    build_once(folder, lambda tmp: convert_gguf(gguf, tmp))
     return folder
 
 
-def build_once(folder: Path, build: Callable[[], None]) -> bool:
-    """Run `build` (which writes `folder` and its COMPLETE_MARKER) unless a finished folder is
-    there, under an exclusive `flock` on `<folder>.lock`, so concurrent callers build it once;
-    True when this call built it. Shared by the SmolLM2 conversion and trainables/pruning.py."""
+def build_once(folder: Path, write: Callable[[Path], str]) -> bool:
+    """Make `folder` unless a finished one is there, under an exclusive `flock` on
+    `<folder>.lock`, so concurrent callers build it once; True when this call built it.
+
+    `write(tmp)` fills a temporary folder beside `folder` and returns the text of its
+    COMPLETE_MARKER; the folder is then renamed into place (replacing an unfinished folder of
+    an older layout, which no reader ever used), so no reader sees half of it. If `write`
+    fails, the temporary folder is removed. Shared by the SmolLM2 conversion and
+    trainables/pruning.py."""
     if (folder / COMPLETE_MARKER).is_file():
         return False
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -94,34 +99,34 @@ def build_once(folder: Path, build: Callable[[], None]) -> bool:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
         if (folder / COMPLETE_MARKER).is_file():
             return False
-        build()
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
+        try:
+            marker = write(tmp)
+            (tmp / COMPLETE_MARKER).write_text(marker)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return True
 
 
-def convert_gguf(gguf: Path, folder: Path) -> None:
-    """De-quantise `gguf` into a transformers folder at `folder`, written beside it and
-    renamed into place, so no reader ever sees half of it. Call with the folder's lock held."""
+def convert_gguf(gguf: Path, folder: Path) -> str:
+    """De-quantise `gguf` into a transformers folder at `folder` (build_once's temporary
+    folder); returns the completion marker's text."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch.float32)
-        # transformers refuses to save a model that still names its GGUF origin; the tensors
-        # are plain floats already, so they go into a fresh model of the same config.
-        config = quantised.config
-        del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantised.state_dict(), strict=True)
-        model.generation_config = quantised.generation_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
-        if folder.exists():  # an unfinished folder from an older layout: never read, now replaced
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model that still names its GGUF origin; the tensors
+    # are plain floats already, so they go into a fresh model of the same config.
+    config = quantised.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict(), strict=True)
+    model.generation_config = quantised.generation_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return f"converted from {gguf.name}\n"

@@ -56,15 +56,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from trainables.files import is_local_source, split_files
-from trainables.pretrained import COMPLETE_MARKER, build_once, cache_dir, file_sha256
+from trainables.pretrained import build_once, cache_dir, file_sha256
 from trainables.pruning_importance import (calibration_batches, calibration_texts, head_dim_of, layers_of,
                                            magnitude_scores, num_kv_groups, parameter_count, projections,
                                            taylor_scores, top_indices)
@@ -187,9 +184,10 @@ def recipe_identity(recipe: Mapping[str, Any]) -> dict[str, Any]:
     return identity
 
 
-def recipe_hash(recipe: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of `recipe_identity`: what names the cached folder."""
-    text = json.dumps(recipe_identity(recipe), sort_keys=True, separators=(",", ":"))
+def recipe_hash(recipe: Mapping[str, Any], identity: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 (hex) of `recipe_identity` (or of `identity`, when already computed): what names
+    the cached folder."""
+    text = json.dumps(identity or recipe_identity(recipe), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -230,71 +228,64 @@ def ensure_pruned(recipe: Mapping[str, Any]) -> Path:
 def _ensure(recipe: Mapping[str, Any]) -> tuple[Path, bool]:
     """(folder, whether this call built it)."""
     folder = pruned_folder(recipe)
-    return folder, build_once(folder, lambda: build(recipe, folder))
+    return folder, build_once(folder, lambda tmp: build(recipe, tmp))
 
 
-def build(recipe: Mapping[str, Any], folder: Path) -> None:
-    """Prune the base model and write it to `folder`, through a temporary folder beside it that
-    is renamed into place. Call with the folder's lock held."""
+def build(recipe: Mapping[str, Any], folder: Path) -> str:
+    """Prune the base model and write it to `folder` (build_once's temporary folder, renamed
+    into place when this returns); returns the completion marker's text."""
     import torch
 
     from trainables.models import load_causal_lm
 
     started = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        model, tokenizer = load_causal_lm(recipe["model"], dtype=torch.float32)
-        config = model.config
-        if config.model_type not in SUPPORTED_TYPES:
-            raise ValueError(f"structured pruning supports {', '.join(SUPPORTED_TYPES)} models; "
-                             f"{recipe['model']} is {config.model_type!r}")
-        groups_kept, channels_kept = kept_counts(config.to_dict(), recipe["attention_ratio"], recipe["mlp_ratio"])
-        if groups_kept < 1 or channels_kept < 1:
-            raise ValueError(f"the recipe would leave {groups_kept} KV group(s) and {channels_kept} MLP channel(s) "
-                             "per layer; lower pruning.ratio")
-        before = parameter_count(model)
-        shape = {"layers": config.num_hidden_layers, "attention_heads": config.num_attention_heads,
-                 "kv_groups": num_kv_groups(config), "head_dim": head_dim_of(config),
-                 "intermediate_size": config.intermediate_size}
-        calibration = recipe.get("calibration")
-        tokens = 0
-        if recipe["importance"] == "taylor":
-            batches = calibration_batches(tokenizer, calibration_texts(calibration), calibration["max_tokens"])
-            tokens = int(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            scores = taylor_scores(model.to(device), batches)
-            model.to("cpu")
-        elif recipe["importance"] == "magnitude":
-            scores = magnitude_scores(model)
-        else:
-            raise ValueError(f"unknown importance {recipe['importance']!r}; allowed: {', '.join(IMPORTANCES)}")
-        kept = [(top_indices(kv, groups_kept), top_indices(mlp, channels_kept)) for kv, mlp in scores]
-        pruned = prune(model, kept)
-        after = parameter_count(pruned)
-        pruned.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        digest = recipe_hash(recipe)
-        record = {
-            "recipe": dict(recipe), "hash": digest, "identity": recipe_identity(recipe),
-            "method": "structured pruning of whole KV groups and MLP channels, uniform per layer (LLM-Pruner); "
-                      f"importance {recipe['importance']}",
-            "shape_before": shape,
-            "shape_after": {**shape, "attention_heads": groups_kept * shape["attention_heads"] // shape["kv_groups"],
-                            "kv_groups": groups_kept, "intermediate_size": channels_kept},
-            "parameters": {"before": before, "after": after, "fraction_kept": after / before},
-            "calibration_tokens": tokens,
-            "build_seconds": round(time.time() - started, 2),
-            "torch_pruning": _version("torch-pruning"),
-        }
-        (tmp / RECIPE_FILE).write_text(json.dumps(record, indent=1))
-        (tmp / KEPT_FILE).write_text(json.dumps([{"kv_groups": g, "mlp_channels": c} for g, c in kept]))
-        (tmp / COMPLETE_MARKER).write_text(f"pruned {recipe['model']} ({digest[:16]})\n")
-        if folder.exists():  # a folder without its marker: never read, now replaced
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    model, tokenizer = load_causal_lm(recipe["model"], dtype=torch.float32)
+    config = model.config
+    if config.model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"structured pruning supports {', '.join(SUPPORTED_TYPES)} models; "
+                         f"{recipe['model']} is {config.model_type!r}")
+    groups_kept, channels_kept = kept_counts(config.to_dict(), recipe["attention_ratio"], recipe["mlp_ratio"])
+    if groups_kept < 1 or channels_kept < 1:
+        raise ValueError(f"the recipe would leave {groups_kept} KV group(s) and {channels_kept} MLP channel(s) "
+                         "per layer; lower pruning.ratio")
+    before = parameter_count(model)
+    shape = {"layers": config.num_hidden_layers, "attention_heads": config.num_attention_heads,
+             "kv_groups": num_kv_groups(config), "head_dim": head_dim_of(config),
+             "intermediate_size": config.intermediate_size}
+    calibration = recipe.get("calibration")
+    tokens = 0
+    if recipe["importance"] == "taylor":
+        batches = calibration_batches(tokenizer, calibration_texts(calibration), calibration["max_tokens"])
+        tokens = int(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        scores = taylor_scores(model.to(device), batches)
+        model.to("cpu")
+    elif recipe["importance"] == "magnitude":
+        scores = magnitude_scores(model)
+    else:
+        raise ValueError(f"unknown importance {recipe['importance']!r}; allowed: {', '.join(IMPORTANCES)}")
+    kept = [(top_indices(kv, groups_kept), top_indices(mlp, channels_kept)) for kv, mlp in scores]
+    pruned = prune(model, kept)
+    after = parameter_count(pruned)
+    pruned.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    identity = recipe_identity(recipe)
+    digest = recipe_hash(recipe, identity)
+    record = {
+        "recipe": dict(recipe), "hash": digest, "identity": identity,
+        "method": "structured pruning of whole KV groups and MLP channels, uniform per layer (LLM-Pruner); "
+                  f"importance {recipe['importance']}",
+        "shape_before": shape,
+        "shape_after": {**shape, "attention_heads": groups_kept * shape["attention_heads"] // shape["kv_groups"],
+                        "kv_groups": groups_kept, "intermediate_size": channels_kept},
+        "parameters": {"before": before, "after": after, "fraction_kept": after / before},
+        "calibration_tokens": tokens,
+        "build_seconds": round(time.time() - started, 2),
+        "torch_pruning": _version("torch-pruning"),
+    }
+    (folder / RECIPE_FILE).write_text(json.dumps(record, indent=1))
+    (folder / KEPT_FILE).write_text(json.dumps([{"kv_groups": g, "mlp_channels": c} for g, c in kept]))
+    return f"pruned {recipe['model']} ({digest[:16]})\n"
 
 
 def _version(package: str) -> str | None:

@@ -12,17 +12,13 @@ import pytest
 from trainables import pretrained
 
 
-def fake_convert(gguf: Path, folder: Path) -> None:
-    """Stands in for the ~20 s de-quantisation: slow, counted, written beside and renamed in."""
-    log = folder.parent / "conversions.log"
-    with open(log, "a") as handle:
-        handle.write(f"{folder.name}\n")
-    tmp = folder.with_name(folder.name + ".tmp-fake")
-    tmp.mkdir()
+def fake_convert(gguf: Path, tmp: Path) -> str:
+    """Stands in for the ~20 s de-quantisation into build_once's temporary folder: slow, counted."""
+    with open(tmp.parent / "conversions.log", "a") as handle:
+        handle.write(f"{tmp.name.split('.tmp-')[0]}\n")
     time.sleep(1.0)
     (tmp / "config.json").write_text("{}")
-    (tmp / pretrained.COMPLETE_MARKER).write_text("fake\n")
-    tmp.rename(folder)
+    return "fake\n"
 
 
 def _resolve_in_child(cache: str, gguf: str, queue) -> None:
@@ -71,21 +67,30 @@ def test_folder_is_keyed_by_the_files_hash(fake_gguf, tmp_path):
 
 def test_a_half_written_folder_is_never_read(fake_gguf, tmp_path):
     folder = pretrained.smollm2_folder()
-    (folder / pretrained.COMPLETE_MARKER).unlink()  # as if the conversion died before finishing
+    (folder / pretrained.COMPLETE_MARKER).unlink()  # as if an older layout's conversion died before finishing
+    (folder / "stale.bin").write_text("half")
     log = tmp_path / "cache" / "models" / "conversions.log"
     log.unlink()
-    original = fake_convert
-
-    def replacing(gguf: Path, target: Path) -> None:
-        import shutil
-
-        shutil.rmtree(target)  # convert_gguf replaces what an unfinished conversion left
-        original(gguf, target)
-
-    pretrained.convert_gguf = replacing
     assert pretrained.smollm2_folder() == folder
     assert log.read_text().splitlines() == [folder.name]  # converted again
-    assert (folder / pretrained.COMPLETE_MARKER).is_file()
+    assert (folder / pretrained.COMPLETE_MARKER).read_text() == "fake\n"
+    assert not (folder / "stale.bin").exists()  # replaced whole, not written over
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted(
+        ["conversions.log", folder.name, folder.name + ".lock"])  # no temporary folder left
+
+
+def test_a_failed_build_leaves_no_folder_and_the_next_call_builds(fake_gguf, tmp_path, monkeypatch):
+    def failing(gguf: Path, tmp: Path) -> str:
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pretrained, "convert_gguf", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pretrained.smollm2_folder()
+    models = tmp_path / "cache" / "models"
+    assert [p.name for p in models.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-written kept
+    monkeypatch.setattr(pretrained, "convert_gguf", fake_convert)
+    assert (pretrained.smollm2_folder() / pretrained.COMPLETE_MARKER).is_file()
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
