@@ -219,8 +219,8 @@ def print_table(cells: list[dict[str, Any]], compare: list[str], baseline: dict[
 
     rows = []
     print(f"\n| {' | '.join(compare)} | completed trials | tuned lr | val (mean ± sd over seeds) "
-          f"| test (mean ± sd) | test − baseline, 95% CI (points) |")
-    print("|" + "---|" * (len(compare) + 5))
+          f"| test (mean ± sd) | test − baseline, 95% CI (points) | each seed's test |")
+    print("|" + "---|" * (len(compare) + 6))
     for cell in cells:
         test, test_sd = mean_sd(cell["test"])
         base = baseline_of(cell, baseline, cells, compare)
@@ -234,7 +234,8 @@ def print_table(cells: list[dict[str, Any]], compare: list[str], baseline: dict[
                  else "baseline" if is_baseline else "-")
         tuned = f"{float(lr):.1e}" if lr is not None else "-"
         print(f"| {' | '.join(str(cell[n]) for n in compare)} | {cell['trials']} | {tuned} "
-              f"| {cell['best']:.3f}{sd(cell['spread'])} | {test:.3f}{sd(test_sd)} | {shown} |")
+              f"| {cell['best']:.3f}{sd(cell['spread'])} | {test:.3f}{sd(test_sd)} | {shown} "
+              f"| {' '.join(f'{t:.3f}' for t in cell['test'])} |")
     return rows
 
 

@@ -311,7 +311,7 @@ def test_cell_study_compares_each_cell_with_its_baseline_on_seed_averaged_record
     assert rows[2]["test_sd"] == pytest.approx(0.0707, abs=1e-4) and rows[2]["lr"] == 0.001
     out = capsys.readouterr().out
     assert "| rora | 4 | 4 | 1.0e-03 | 0.800 ± 0.010 | 0.750 ± 0.071 | +25.0 [" in out
-    assert "| lora | 4 | 4 | 1.0e-03 | 0.800 ± 0.010 | 0.750 ± 0.071 | baseline |" in out
+    assert "| lora | 4 | 4 | 1.0e-03 | 0.800 ± 0.010 | 0.750 ± 0.071 | baseline | 0.700 0.800 |" in out
 
 
 def test_cell_study_files_are_the_shipped_comparison_spaces():
