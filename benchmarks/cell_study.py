@@ -27,6 +27,7 @@ with MiniLM-L6, then:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -35,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
@@ -145,9 +148,10 @@ STUDIES = {
 }
 
 
-def experiment_file(study: Study, quick: bool, small: bool = False) -> dict[str, Any]:
+def experiment_file(study: Study, quick: bool, small: bool = False,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The study's experiment: its file with the study's sizes and overrides, then `--small`'s,
-    then `--quick`'s on top."""
+    then `--quick`'s, then `extra` (`--set KEY=VALUE`) on top."""
     import yaml
 
     from raysearch.experiment.spec import apply_override
@@ -156,9 +160,10 @@ def experiment_file(study: Study, quick: bool, small: bool = False) -> dict[str,
         raise ValueError(f"{study.name} has no --small size")
     raw = yaml.safe_load((SPACES / study.space).read_text())
     raw["name"] = study.name
-    layers = {**study.sizes, **study.overrides, **(study.small if small else {}), **(QUICK | study.quick if quick else {})}
+    layers = {**study.sizes, **study.overrides, **(study.small if small else {}),
+              **(QUICK | study.quick if quick else {}), **(extra or {})}
     for key, value in layers.items():
-        problem = apply_override(raw, key, value)
+        problem = apply_override(raw, key, copy.deepcopy(value))  # later layers must not edit the study's dicts
         if problem is not None:
             raise ValueError(f"{study.space}: {problem}")
     return raw
@@ -279,14 +284,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--small", action="store_true",
                         help="The study at one sitting's size on 2 CPU cores (rora-smol, rora-pruned)")
     parser.add_argument("--quick", action="store_true", help="2 cells, 1 point, 1 seed, a few sentences: plumbing only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a field of the study's experiment (YAML value), e.g. "
+                             "resources.gpus_per_worker=1 on a GPU; repeatable")
     args = parser.parse_args(argv)
     study = STUDIES[args.study]
+    extra = {}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: must be KEY=VALUE, e.g. resources.gpus_per_worker=1")
+        extra[key.strip()] = yaml.safe_load(text)
     if args.small and study.small is None:
         parser.error(f"{args.study} has no --small size; studies with one: "
                      f"{', '.join(k for k, v in sorted(STUDIES.items()) if v.small is not None)}")
     os.chdir(harness.REPO)
     harness.quiet()
-    raw = experiment_file(study, args.quick, args.small)
+    raw = experiment_file(study, args.quick, args.small, extra)
     compare = raw["search"]["compare"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()
