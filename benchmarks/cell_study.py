@@ -35,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -90,8 +90,6 @@ SMOL_RORA = {
 
 def _sst2_share(space: str, train: int, evaluate: int) -> list[Any]:
     """`space`'s task.dataset with its SST-2 source's own train/validation counts set."""
-    import yaml
-
     items = yaml.safe_load((SPACES / space).read_text())["task"]["dataset"]
     for item in items:
         if isinstance(item, dict) and item.get("name") == "sst2":
@@ -148,24 +146,25 @@ STUDIES = {
 }
 
 
-def experiment_file(study: Study, quick: bool, small: bool = False,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def experiment_file(study: Study, quick: bool, small: bool = False, sets: Sequence[str] = ()) -> dict[str, Any]:
     """The study's experiment: its file with the study's sizes and overrides, then `--small`'s,
-    then `--quick`'s, then `extra` (`--set KEY=VALUE`) on top."""
-    import yaml
-
-    from raysearch.experiment.spec import apply_override
+    then `--quick`'s, then `sets` (`--set KEY=VALUE`, read as `raysearch run --set` reads them)
+    on top. ValueError when a layer does not apply."""
+    from raysearch.experiment.spec import apply_override, apply_overrides
 
     if small and study.small is None:
-        raise ValueError(f"{study.name} has no --small size")
+        raise ValueError(f"{study.name} has no --small size; studies with one: "
+                         f"{', '.join(k for k, v in sorted(STUDIES.items()) if v.small is not None)}")
     raw = yaml.safe_load((SPACES / study.space).read_text())
     raw["name"] = study.name
-    layers = {**study.sizes, **study.overrides, **(study.small if small else {}),
-              **(QUICK | study.quick if quick else {}), **(extra or {})}
+    layers = {**study.sizes, **study.overrides, **(study.small if small else {}), **(QUICK | study.quick if quick else {})}
     for key, value in layers.items():
         problem = apply_override(raw, key, copy.deepcopy(value))  # later layers must not edit the study's dicts
         if problem is not None:
             raise ValueError(f"{study.space}: {problem}")
+    problems = apply_overrides(raw, sets, {})
+    if problems:
+        raise ValueError("; ".join(str(problem) for problem in problems))
     return raw
 
 
@@ -289,18 +288,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                              "resources.gpus_per_worker=1 on a GPU; repeatable")
     args = parser.parse_args(argv)
     study = STUDIES[args.study]
-    extra = {}
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: must be KEY=VALUE, e.g. resources.gpus_per_worker=1")
-        extra[key.strip()] = yaml.safe_load(text)
-    if args.small and study.small is None:
-        parser.error(f"{args.study} has no --small size; studies with one: "
-                     f"{', '.join(k for k, v in sorted(STUDIES.items()) if v.small is not None)}")
+    try:
+        raw = experiment_file(study, args.quick, args.small, args.set)
+    except ValueError as error:
+        parser.error(str(error))
     os.chdir(harness.REPO)
     harness.quiet()
-    raw = experiment_file(study, args.quick, args.small, extra)
     compare = raw["search"]["compare"]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.workdir or Path(tmp)).resolve()

@@ -53,7 +53,9 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> Problem | None
     return None
 
 
-def _apply_overrides(data: dict[str, Any], overrides: Sequence[str], options: dict[str, Any]) -> list[Problem]:
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], options: dict[str, Any]) -> list[Problem]:
+    """Apply `--set key=value` strings (values read as YAML) and then the CLI's option values to
+    the raw experiment dict; the problems of the malformed ones."""
     problems = []
     for override in overrides:
         key, sep, text = override.partition("=")
@@ -141,6 +143,6 @@ def load_spec(
     if not isinstance(data, dict):
         raise SpecError([Problem("<file>", data, "the top level must be a mapping (name:, search:, ...)")], source)
     options = {"name": name, "search.num_trials": num_trials, "tracking.mlflow_uri": mlflow_uri, "storage": storage}
-    problems = _apply_overrides(data, overrides, options)
+    problems = apply_overrides(data, overrides, options)
     data.setdefault("name", stem)
     return _validate(data, source, problems)

@@ -350,9 +350,11 @@ def test_cell_study_small_rora_question_gives_both_models_the_same_data_and_cell
     # the pruned base is the recovery table's: its file's recipe, calibration from its first source
     assert pruned["pruning"] == study.experiment_file(study.STUDIES["rora-pruned"], quick=False)["pruning"]
     assert str(task.dataset[0]).find("boolq") >= 0
-    gpu = study.experiment_file(study.STUDIES["rora-pruned"], quick=False, extra={"resources.gpus_per_worker": 1})
+    gpu = study.experiment_file(study.STUDIES["rora-pruned"], quick=False, sets=["resources.gpus_per_worker=1"])
     assert spec_from_dict(gpu).resources.gpus_per_worker == 1 and gpu["search"]["trials_per_cell"] == 4
-    with pytest.raises(ValueError, match="no --small"):
+    with pytest.raises(ValueError, match="must be key=value"):
+        study.experiment_file(study.STUDIES["rora-pruned"], quick=False, sets=["resources.gpus_per_worker"])
+    with pytest.raises(ValueError, match="no --small size; studies with one: rora-pruned, rora-smol"):
         study.experiment_file(study.STUDIES["rora"], quick=False, small=True)
 
 
