@@ -54,7 +54,8 @@ class DivergenceAwareOptunaSearch(OptunaSearch):
         trial (Tune's saved searcher state may predate both), tell Optuna how the trials the
         killed driver recorded as ended ended (if it was killed before telling it), queue
         the Optuna trials no recorded Tune trial owns, and reseed the sampler (its saved random
-        state would propose again what it proposed after that save)."""
+        state would propose again what it proposed after that save) if the killed driver had
+        asked for any trial."""
         self._orphans = []
         trials = self._ot_study.get_trials(deepcopy=False)
         for frozen in trials:
@@ -70,7 +71,9 @@ class DivergenceAwareOptunaSearch(OptunaSearch):
                     self._completed_trials.add(owner)
             elif running:
                 self._orphans.append(frozen._trial_id)
-        if trials:
+        if any(t.state != optuna.trial.TrialState.WAITING for t in trials):
+            # Only once the killed driver had asked: a new study's enqueued points_to_evaluate
+            # are WAITING, and reseeding then made a seeded search draw differently every run.
             self._sampler.reseed_rng()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
