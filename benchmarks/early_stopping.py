@@ -42,6 +42,10 @@ The lr choices are 3e-3 and 1.2e-2: in docs/benchmarks.md §4.2 AdaLoRA and SaLo
 near chance at 3.8e-3 and learned at 1.9e-2, where LoRA collapsed; LoRA held at 1.2e-2.
 Its searches are named `es-adaptive-...`, so both spaces can share a --workdir.
 
+Under the tables, per seed: `settled_bound`, the fewest steps (share of no stopping's) that any
+rule judging a trial only once its budget settled could spend while the whole front of no
+stopping runs to the end; a step target below it is out of reach for MOASHA on those curves.
+
 Held out: seeds 0, 1 and 2 chose the default setting (docs/benchmarks.md §3); seeds 3 and up
 were not used to choose it.
 
@@ -74,7 +78,7 @@ import numpy as np  # noqa: E402
 
 import asha_replay  # noqa: E402
 import search_efficiency as efficiency  # noqa: E402
-from raysearch.records.pareto import hypervolume  # noqa: E402
+from raysearch.records.pareto import hypervolume, pareto_mask  # noqa: E402
 from raysearch.experiment.spec import spec_from_dict  # noqa: E402
 from trainables.contract import BUDGET_SETTLED, ran_to_the_end  # noqa: E402
 
@@ -175,6 +179,25 @@ def reference_of(curves: list[list[dict[str, Any]]]) -> list[float]:
     return [0.5, 1.1 * max(float(c[-1]["adapter_params"]) for c in curves)]
 
 
+def settled_bound(curves: list[list[dict[str, Any]]], milestones: list[float]) -> dict[str, Any]:
+    """The fewest trial-steps, as a share of no stopping's, that any rule judging a trial only
+    once its budget has settled (as MOASHA does) can spend while every trial of no stopping's
+    finished front runs to the end: an oracle that knows the front and stops every other trial
+    at the first rung (evaluation `milestones`) it reaches settled, or runs it out if it never
+    does (of trials that end at the same point of the front, one runs to the end). A step target below this bound is out of reach for such a rule on these curves."""
+    points = np.array([[c[-1]["val_accuracy"], float(c[-1]["adapter_params"])] for c in curves], dtype=float)
+    on_front = pareto_mask(points, SENSES)
+    for i in np.flatnonzero(on_front):  # one trial of each point of the front is enough
+        if any(on_front[j] and np.array_equal(points[i], points[j]) for j in range(i)):
+            on_front[i] = False
+    total = sum(int(c[-1].get("step", 0)) for c in curves)
+    spent = 0
+    for curve, front in zip(curves, on_front):
+        judged = [r for r in curve if r.get(BUDGET_SETTLED) is not False and r.get("evaluation") in milestones]
+        spent += int((curve[-1] if front or not judged else judged[0]).get("step", 0))
+    return {"settled_bound": spent / total if total else float("nan"), "front": int(on_front.sum())}
+
+
 def measured(label: str, seed: int, steps: int, finished: list[tuple[float, float]], none: dict[str, Any],
              reference: list[float]) -> dict[str, Any]:
     best = max((a for a, _ in finished), default=float("nan"))
@@ -225,7 +248,17 @@ def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any
         rows.append({**row, "part": "real", "space": space, "trials": run["trials"], "errored": run["errored"],
                      "unsettled": run["unsettled"], "wall_s": run["wall_s"],
                      "wall_ratio": run["wall_s"] / runs["none"]["wall_s"]})
-    return rows
+    none_experiment = harness.experiment(name_of("none", seed, space), data, sizes, {**search, "seed": seed},
+                                         adapter=adapter)
+    return rows + [bound_row(none_experiment, curves, seed, space)]
+
+
+def bound_row(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], seed: int, space: str) -> dict[str, Any]:
+    """`settled_bound` on the curves without stopping, at the default MOASHA's rungs."""
+    from raysearch.search.tuner import build_scheduler
+
+    spec = spec_from_dict({**experiment, "search": {**experiment["search"], "early_stopping": {"scheduler": "moasha"}}})
+    return {"part": "bound", "seed": seed, "space": space, **settled_bound(curves, build_scheduler(spec).milestones)}
 
 
 def kept_search(experiment: dict[str, Any], workdir: Path) -> harness.SearchRun | None:
@@ -251,7 +284,7 @@ def replay_rows(seed: int, workdir: Path, replays: int, space: str = "default") 
 
     experiment = yaml.safe_load((workdir / f"{name_of('none', seed, space)}.yaml").read_text())
     curves = asha_replay.trial_curves(workdir / "results" / experiment["name"] / "tune")
-    return replay_on(experiment, curves, seed, replays)
+    return replay_on(experiment, curves, seed, replays) + [bound_row(experiment, curves, seed, space)]
 
 
 def replay_on(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], seed: int,
@@ -306,6 +339,12 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             missed = [r["seed"] for r in mine if not r["targets_met"]]
             print(f"{scheduler}: targets met per seed: {counts}"
                   + (f"; seeds missing one or more: {' '.join(map(str, missed))}" if missed else ""))
+    bounds = {r["seed"]: r for r in rows if r["part"] == "bound"}
+    if bounds:
+        print("\nthe fewest steps a rule that judges a trial only once its budget settled can use while the whole "
+              "front of no stopping runs to the end (an oracle on the curves without stopping, at the default "
+              "MOASHA's rungs): " + ", ".join(f"seed {s} {b['settled_bound']:.2f} ({b['front']} front trials)"
+                                              for s, b in sorted(bounds.items())))
     replay = [r for r in rows if r["part"] == "replay"]
     if replay:
         seeds = sorted({r["seed"] for r in replay})

@@ -149,6 +149,21 @@ def test_early_stopping_replay_compares_asha_and_moasha_on_the_front():
     assert moasha["jittered_targets_met"] == 0.0
 
 
+def test_early_stopping_settled_bound_keeps_the_front_and_stops_the_rest_at_their_first_settled_rung():
+    """The oracle bound: A ends on the front and runs out (40 steps); D ends at A's very point,
+    so one of them is enough and D stops at rung 1 (10); B is unsettled until evaluation 3, so
+    its first rung is 4 (40); C stops at rung 1 (10); E never settles and runs out (40)."""
+    module = load("early_stopping")
+
+    def curve(accuracy, params, settled_from):
+        return [{"evaluation": e, "step": 10 * e, "val_accuracy": accuracy, "adapter_params": params,
+                 "budget_settled": e >= settled_from} for e in range(1, 5)]
+
+    curves = [curve(0.8, 100, 1), curve(0.7, 200, 3), curve(0.6, 300, 1), curve(0.8, 100, 1), curve(0.5, 400, 9)]
+    bound = module.settled_bound(curves, [1.0, 2.0, 4.0])
+    assert bound == {"settled_bound": (40 + 40 + 10 + 10 + 40) / 200, "front": 1}
+
+
 def test_early_stopping_adaptive_space_settles_its_budgets_between_the_rungs():
     """--space adaptive: every configuration is valid, and every adaptive one reports an
     unsettled budget at the first evaluation (so MOASHA skips at least rung 1) and a settled
@@ -240,7 +255,10 @@ def test_early_stopping_adaptive_quick(tmp_path, capsys, tiny_harness):
     budget settles after evaluation 1 of 2; the per-seed table says which target each met."""
     module = load("early_stopping")
     rows = module.main(["--quick", "--space", "adaptive", "--no-replay", "--workdir", str(tmp_path)])
+    *rows, bound = rows
     assert [(r["part"], r["scheduler"]) for r in rows] == [("real", "none"), ("real", "asha"), ("real", "moasha")]
+    # neither trial settles before its last evaluation: no rule that waits for it can stop one
+    assert bound["part"] == "bound" and bound["settled_bound"] == 1.0
     assert all(r["trials"] == 2 and r["errored"] == 0 and r["unsettled"] == 2 for r in rows)
     none, asha, moasha = rows
     assert none["trial_steps"] == 8 and none["steps_ratio"] == 1.0
@@ -259,9 +277,11 @@ def test_early_stopping_adaptive_quick(tmp_path, capsys, tiny_harness):
     assert "moasha: targets met per seed: steps on 0 of 1, hypervolume on " in out
     assert "best on 1 of 1, all three on 0 of 1; seeds missing one or more: 0" in out
     assert "replayed on" not in out  # --no-replay
+    assert "the fewest steps a rule that judges a trial only once its budget settled can use" in out
     # the kept searches replay alone, on the adaptive curves
     replays = module.main(["--replay", str(tmp_path), "--space", "adaptive", "--replays", "2"])
-    assert {r["part"] for r in replays} == {"replay"} and len(replays) == len(module.REPLAYED)
+    assert [r["part"] for r in replays] == ["replay"] * len(module.REPLAYED) + ["bound"]
+    replays = replays[:-1]
     assert all(r["steps_ratio"] == 1.0 for r in replays if r["scheduler"].startswith("moasha"))
 
 
