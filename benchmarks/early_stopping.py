@@ -184,7 +184,8 @@ def settled_bound(curves: list[list[dict[str, Any]]], milestones: list[float]) -
     once its budget has settled (as MOASHA does) can spend while every trial of no stopping's
     finished front runs to the end: an oracle that knows the front and stops every other trial
     at the first rung (evaluation `milestones`) it reaches settled, or runs it out if it never
-    does (of trials that end at the same point of the front, one runs to the end). A step target below this bound is out of reach for such a rule on these curves."""
+    does (of trials that end at the same point of the front, one runs to the end). A step
+    target below this bound is out of reach for such a rule on these curves."""
     points = np.array([[c[-1]["val_accuracy"], float(c[-1]["adapter_params"])] for c in curves], dtype=float)
     on_front = pareto_mask(points, SENSES)
     for i in np.flatnonzero(on_front):  # one trial of each point of the front is enough
@@ -217,11 +218,12 @@ def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any
               schedulers: list[str] | None = None) -> list[dict[str, Any]]:
     """The real searches of one seed: no stopping, then `schedulers` (default: ASHA and MOASHA).
     A search without stopping already in `workdir` (an earlier run's, same seed) is reused."""
-    runs = {}
+    runs, experiments = {}, {}
     for scheduler in ["none", *[s for s in schedulers or DEFAULT_SCHEDULERS if s != "none"]]:
         stopping = SCHEDULERS[scheduler]
         experiment = harness.experiment(name_of(scheduler, seed, space), data, sizes,
                                         {**search, "seed": seed, "early_stopping": stopping}, adapter=adapter)
+        experiments[scheduler] = experiment
         print(f"seed {seed}: search with {scheduler} ...", flush=True)
         run = kept_search(experiment, workdir) if scheduler == "none" else None
         if run is None:
@@ -248,9 +250,7 @@ def real_rows(seed: int, data: Path, sizes: harness.Sizes, search: dict[str, Any
         rows.append({**row, "part": "real", "space": space, "trials": run["trials"], "errored": run["errored"],
                      "unsettled": run["unsettled"], "wall_s": run["wall_s"],
                      "wall_ratio": run["wall_s"] / runs["none"]["wall_s"]})
-    none_experiment = harness.experiment(name_of("none", seed, space), data, sizes, {**search, "seed": seed},
-                                         adapter=adapter)
-    return rows + [bound_row(none_experiment, curves, seed, space)]
+    return rows + [bound_row(experiments["none"], curves, seed, space)]
 
 
 def bound_row(experiment: dict[str, Any], curves: list[list[dict[str, Any]]], seed: int, space: str) -> dict[str, Any]:
