@@ -92,12 +92,12 @@ def test_records_are_replaced_whole(tmp_path):
     assert [p.name for p in (tmp_path / "ledger").iterdir()] == ["t1.json"]  # no temporary file left
 
 
-def searcher(journal: Path) -> DivergenceAwareOptunaSearch:
+def searcher(journal: Path, points: list[dict] | None = None) -> DivergenceAwareOptunaSearch:
     spec = spec_from_dict(SPACE)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     return DivergenceAwareOptunaSearch(space=define_by_run(spec.search.space), metric=["val_accuracy", "adapter_params"],
                                        mode=["max", "min"], study_name="s", storage=storage,
-                                       sampler=optuna.samplers.RandomSampler(seed=0))
+                                       sampler=optuna.samplers.RandomSampler(seed=0), points_to_evaluate=points)
 
 
 def test_a_restored_searcher_finds_its_trials_tells_missed_ends_and_reuses_orphans(tmp_path):
@@ -127,12 +127,7 @@ def test_a_new_seeded_search_with_a_first_point_draws_the_same_trials_every_run(
     # A new study's enqueued first point is a WAITING trial; the first suggestion must not take
     # it for a killed driver's trials and reseed the sampler (CI once drew four alike trials).
     def draws(journal: Path) -> list[dict]:
-        spec = spec_from_dict(SPACE)
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-        fresh = DivergenceAwareOptunaSearch(space=define_by_run(spec.search.space), metric=["val_accuracy", "adapter_params"],
-                                            mode=["max", "min"], study_name="s", storage=storage,
-                                            sampler=optuna.samplers.RandomSampler(seed=0),
-                                            points_to_evaluate=[{"rank": 4, "lr": 1e-3}])
+        fresh = searcher(journal, points=[{"rank": 4, "lr": 1e-3}])
         return [fresh.suggest(f"t{i}") for i in range(5)]
 
     first, second = draws(tmp_path / "a.journal"), draws(tmp_path / "b.journal")
