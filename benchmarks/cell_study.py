@@ -88,15 +88,6 @@ SMOL_RORA = {
 }
 
 
-def _sst2_share(space: str, train: int, evaluate: int) -> list[Any]:
-    """`space`'s task.dataset with its SST-2 source's own train/validation counts set."""
-    items = yaml.safe_load((SPACES / space).read_text())["task"]["dataset"]
-    for item in items:
-        if isinstance(item, dict) and item.get("name") == "sst2":
-            item.update(max_train_examples=train, max_eval_examples=evaluate)
-    return items
-
-
 # ... and at one sitting's size (`--small`): ranks 8 and 64, 2 lrs a cell (a Latin hypercube
 # over the range: one in each half, log scale), 2 seeds, so 16 trials a model; 24 steps of 8
 # records a trial (24 a commonsense source, 96 SST-2), validation once at the end on 16 records a
@@ -106,6 +97,8 @@ SMOL_RORA_SMALL = {
     "task.max_train_examples": 24, "task.max_eval_examples": 16, "task.max_test_examples": 60,
     "train.eval_every_steps": 24, "search.space.rank": {"choice": [8, 64]}, "search.trials_per_cell": 2,
 }
+SMALL_SOURCE_SIZES = {"sst2": {"max_train_examples": 96, "max_eval_examples": 32}}
+"""`--small`: the counts of the named sources of task.dataset that differ from the task's."""
 SMOL_QUICK = {"model": "builtin:tiny-llama", "search.space.rank": {"choice": [4, 8]},
               "task.max_train_examples": 8, "task.max_eval_examples": 2, "task.max_test_examples": 4}
 
@@ -135,12 +128,10 @@ STUDIES = {
     "variants": Study("variants_fair.yaml", "variants-fair-sst2", {"variant": "lora"}, overrides=FEWER,
                       quick={"search.space.variant": {"choice": ["lora", "loraplus"]}}),
     "rora-smol": Study("commonsense_smol.yaml", "rora-fair-smol", {"scaling": "lora"}, overrides=SMOL_RORA, sizes={},
-                       quick=SMOL_QUICK, small={**SMOL_RORA_SMALL, "name": "rora-small-smol",
-                                                "task.dataset": _sst2_share("commonsense_smol.yaml", 96, 32)}),
+                       quick=SMOL_QUICK, small={**SMOL_RORA_SMALL, "name": "rora-small-smol"}),
     "rora-pruned": Study("commonsense_smol_pruned.yaml", "rora-fair-pruned", {"scaling": "lora"},
                          overrides=SMOL_RORA, sizes={}, quick=SMOL_QUICK,
-                         small={**SMOL_RORA_SMALL, "name": "rora-small-pruned",
-                                "task.dataset": _sst2_share("commonsense_smol_pruned.yaml", 96, 32)}),
+                         small={**SMOL_RORA_SMALL, "name": "rora-small-pruned"}),
     "init": Study("init.yaml", "init-sst2", {"init": "default"}, overrides=FEWER,
                   quick={"search.space.init": {"choice": ["default", "eva"]}}),
 }
@@ -162,6 +153,10 @@ def experiment_file(study: Study, quick: bool, small: bool = False, sets: Sequen
         problem = apply_override(raw, key, copy.deepcopy(value))  # later layers must not edit the study's dicts
         if problem is not None:
             raise ValueError(f"{study.space}: {problem}")
+    if small:
+        for item in raw["task"]["dataset"]:
+            if isinstance(item, dict) and item.get("name") in SMALL_SOURCE_SIZES:
+                item.update(SMALL_SOURCE_SIZES[item["name"]])
     problems = apply_overrides(raw, sets, {})
     if problems:
         raise ValueError("; ".join(str(problem) for problem in problems))
